@@ -1,0 +1,228 @@
+//! Memory objects: the memfd behind a region, its shared mapping, batched zapping.
+//!
+//! A region is a memfd mapped `MAP_SHARED`. Its pages live in the memfd's page cache,
+//! so three cheap operations exist that anonymous memory lacks:
+//! - *zap*: drop the page-table entry but keep the data (`MADV_DONTNEED` on a shared
+//!   mapping); the next touch is a minor fault resolved by `UFFDIO_CONTINUE`;
+//! - *read out*: `pread` the page from the memfd without mapping it;
+//! - *free*: punch a hole, which returns the page to the kernel.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+/// An owned memfd.
+#[derive(Debug)]
+pub struct Memfd {
+    fd: OwnedFd,
+}
+
+impl Memfd {
+    /// Creates a memfd of `len` bytes (sparse: no memory is used until pages are filled).
+    pub fn new(name: &std::ffi::CStr, len: usize) -> io::Result<Memfd> {
+        // SAFETY: name is NUL-terminated; flags are plain integers.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our own descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Memfd { fd })
+    }
+
+    /// Copies the page at byte `offset` out of the page cache into `buf`, without mapping it.
+    pub fn read_at(&self, buf: &mut [u8], offset: usize) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: buf[done..] is valid for writes of the remaining length.
+            let n = unsafe {
+                libc::pread(
+                    self.fd.as_raw_fd(),
+                    buf[done..].as_mut_ptr().cast(),
+                    buf.len() - done,
+                    (offset + done) as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "memfd shorter than region"));
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    /// Frees `[offset, offset+len)`: the pages go back to the kernel, reads see zeros.
+    pub fn punch(&self, offset: usize, len: usize) -> io::Result<()> {
+        // SAFETY: fallocate on our own descriptor with plain integer arguments.
+        let rc = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Maps the whole memfd shared, read-write.
+    pub fn map(&self, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping chosen by the kernel; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                self.fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len })
+    }
+}
+
+/// A mapping owned by this value; unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is an address range; it holds no thread-affine state.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; access to the bytes is the owner's concern, through raw pointers.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// An anonymous private read-write mapping (scratch buffers outside any region).
+    pub fn anon(len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh anonymous mapping chosen by the kernel; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len })
+    }
+
+    /// First byte.
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never, in practice).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own exactly this range, mapped by mmap above.
+        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        debug_assert_eq!(rc, 0, "munmap failed: {}", io::Error::last_os_error());
+    }
+}
+
+/// Drops the page-table entries of many scattered ranges with one system call and one TLB
+/// flush, through `process_madvise(2)` on ourselves (any advice is allowed for the calling
+/// process since Linux 6.13; TLB flushes are batched since 6.16). Falls back to one
+/// `madvise` per range on older kernels.
+#[derive(Debug)]
+pub struct Zapper {
+    pidfd: Option<OwnedFd>,
+}
+
+/// Ranges per `process_madvise` call (`UIO_MAXIOV`).
+pub const ZAP_BATCH: usize = 1024;
+
+impl Zapper {
+    /// Opens a pidfd on ourselves if the kernel has one to give.
+    pub fn new() -> Zapper {
+        // SAFETY: pidfd_open on our own pid with no flags; the result is checked.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as i32;
+        // SAFETY: a descriptor the kernel just gave us.
+        let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+        Zapper { pidfd }
+    }
+
+    /// Zaps every `(addr, len)` range (page aligned, inside shared mappings we own).
+    pub fn zap(&mut self, ranges: &[libc::iovec]) -> io::Result<()> {
+        for chunk in ranges.chunks(ZAP_BATCH) {
+            if let Some(pidfd) = &self.pidfd {
+                let total: usize = chunk.iter().map(|v| v.iov_len).sum();
+                // SAFETY: `chunk` is a valid iovec array; the ranges are our own mappings.
+                let n = unsafe {
+                    libc::syscall(
+                        libc::SYS_process_madvise,
+                        pidfd.as_raw_fd(),
+                        chunk.as_ptr(),
+                        chunk.len(),
+                        libc::MADV_DONTNEED,
+                        0,
+                    )
+                };
+                if n >= 0 && n as usize == total {
+                    continue;
+                }
+                if n >= 0 {
+                    // Partial progress: finish the rest one by one below.
+                } else {
+                    let err = io::Error::last_os_error();
+                    if err.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(err);
+                    }
+                    // An older kernel refuses MADV_DONTNEED here: use madvise from now on.
+                    self.pidfd = None;
+                }
+            }
+            for v in chunk {
+                // SAFETY: the range is page aligned and inside a mapping we own.
+                if unsafe { libc::madvise(v.iov_base, v.iov_len, libc::MADV_DONTNEED) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Zapper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}

@@ -1,0 +1,8 @@
+//! Everything that talks to the kernel: userfaultfd, memfd and mappings, signals.
+//!
+//! The rest of the engine uses the small safe-ish interface here and never calls libc
+//! itself (wasmtime's `sys/` habit).
+
+pub mod mem;
+pub mod signal;
+pub mod uffd;

@@ -1,0 +1,163 @@
+//! The process-wide SIGBUS handler of the in-thread fault path.
+//!
+//! With `UFFD_FEATURE_SIGBUS` a fault in a registered range raises SIGBUS in the faulting
+//! thread. The handler asks the engine (through one function pointer set at install
+//! time) to resolve the fault and returns, so the faulting instruction runs again.
+//! SIGBUS that the engine does not claim goes to whatever handler was there before, or
+//! kills the process as the default action would.
+
+use std::io;
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Resolves a fault at `addr`; `write` when the access was a write. Returns false when the
+/// address is not the engine's. Runs in signal context: no allocation, no locks that the
+/// interrupted code may hold.
+pub type FaultFn = fn(addr: usize, write: bool) -> bool;
+
+static HANDLER: AtomicUsize = AtomicUsize::new(0);
+static INSTALL: Once = Once::new();
+static mut PREVIOUS: std::mem::MaybeUninit<libc::sigaction> = std::mem::MaybeUninit::uninit();
+static INSTALL_ERR: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the SIGBUS handler once per process; later calls are no-ops.
+pub fn install(f: FaultFn) -> io::Result<()> {
+    HANDLER.store(f as usize, Ordering::Release);
+    INSTALL.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; we fill in the handler, flags and mask.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = on_sigbus as *const () as usize;
+        // SA_NODEFER is deliberately not set and the mask blocks everything: a signal
+        // handler that touched far memory while this thread holds a page lock would
+        // otherwise deadlock on itself.
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SAFETY: sa_mask is a valid sigset_t inside `sa`.
+        unsafe { libc::sigfillset(&mut sa.sa_mask) };
+        // SAFETY: PREVIOUS is written once here, under the Once, before any handler runs.
+        let prev = unsafe { (*std::ptr::addr_of_mut!(PREVIOUS)).as_mut_ptr() };
+        // SAFETY: valid sigaction structures; SIGBUS is a catchable signal.
+        if unsafe { libc::sigaction(libc::SIGBUS, &sa, prev) } < 0 {
+            INSTALL_ERR.store(io::Error::last_os_error().raw_os_error().unwrap_or(1) as usize, Ordering::Release);
+        }
+    });
+    match INSTALL_ERR.load(Ordering::Acquire) {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e as i32)),
+    }
+}
+
+/// Whether the fault that raised this signal was a write (x86-64 page-fault error code,
+/// bit 1). Other architectures report reads, which costs at most one extra fault later.
+fn is_write(ctx: *mut libc::c_void) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if ctx.is_null() {
+            return false;
+        }
+        let uc = ctx.cast::<libc::ucontext_t>();
+        // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
+        let err = unsafe { (*uc).uc_mcontext.gregs[libc::REG_ERR as usize] };
+        err & 2 != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ctx;
+        false
+    }
+}
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let saved_errno = errno();
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let f = HANDLER.load(Ordering::Acquire);
+    if f != 0 {
+        // SAFETY: HANDLER only ever holds a FaultFn stored by `install`.
+        let f: FaultFn = unsafe { std::mem::transmute::<usize, FaultFn>(f) };
+        if f(addr, is_write(ctx)) {
+            set_errno(saved_errno);
+            return;
+        }
+    }
+    // Not ours: behave as the previous disposition would.
+    // SAFETY: PREVIOUS was initialised by `install` before this handler was installed.
+    let prev = unsafe { (*std::ptr::addr_of!(PREVIOUS)).assume_init_ref() };
+    let h = prev.sa_sigaction;
+    if h == libc::SIG_IGN {
+        return;
+    }
+    if h == libc::SIG_DFL {
+        // SAFETY: restore the default action and return: the access faults again and
+        // the kernel delivers the default SIGBUS, killing the process with the right status.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+        return;
+    }
+    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this type.
+        let g: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(h) };
+        g(sig, info, ctx);
+    } else {
+        // SAFETY: a plain handler of type fn(int).
+        let g: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+        g(sig);
+    }
+}
+
+fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(v: i32) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = v };
+}
+
+/// Writes `msg` to stderr and aborts: the far-memory failure path in signal context, where
+/// panicking or formatting is not possible.
+pub fn fatal(parts: &[&[u8]]) -> ! {
+    for p in parts {
+        let mut off = 0;
+        while off < p.len() {
+            // SAFETY: writing our own bytes to fd 2.
+            let n = unsafe { libc::write(2, p[off..].as_ptr().cast(), p.len() - off) };
+            if n <= 0 {
+                break;
+            }
+            off += n as usize;
+        }
+    }
+    std::process::abort()
+}
+
+/// Formats `v` in decimal into `buf` without allocating; returns the digits.
+pub fn fmt_u64(v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers_without_allocating() {
+        let mut b = [0u8; 20];
+        assert_eq!(fmt_u64(0, &mut b), b"0");
+        assert_eq!(fmt_u64(4096, &mut b), b"4096");
+        assert_eq!(fmt_u64(u64::MAX, &mut b), b"18446744073709551615");
+    }
+}
