@@ -1,6 +1,172 @@
-//! farmem: far memory for unmodified Linux, in userspace, on userfaultfd.
+//! farmem: far memory for stock Linux, in userspace, on userfaultfd.
+//!
+//! A program maps a far region of N bytes and uses it as ordinary memory from any number
+//! of threads. Only a bounded number of its pages stay resident (the local budget, shared
+//! by every region of an [`Engine`]); the rest live in a far tier ([`backend`]). First
+//! touches read zeros without a trip to the far tier.
+//!
+//! ```no_run
+//! use farmem::{Engine, backend::Compressed};
+//! use std::sync::Arc;
+//!
+//! let engine = Engine::builder()
+//!     .local_budget(64 << 20)
+//!     .backend(Arc::new(Compressed::lz4()))
+//!     .build()?;
+//! let region = engine.map(1 << 30)?;
+//! // SAFETY: the region is 1 GiB of ordinary read-write memory.
+//! let words = unsafe { std::slice::from_raw_parts_mut(region.as_ptr() as *mut u64, 1 << 27) };
+//! words[12345] = 42;
+//! println!("{}", engine.stats());
+//! # Ok::<(), farmem::Error>(())
+//! ```
+//!
+//! How it works is in DESIGN.md at the top of the repository: a memfd per region, one
+//! page-state word per page, faults resolved in the faulting thread (SIGBUS) or on handler
+//! threads, a reclaimer that keeps free frames between watermarks, CLOCK over real
+//! reference bits, prefetchers, and end-to-end checksums on every far page.
 #![warn(missing_docs)]
 
 pub mod backend;
+mod engine;
+mod fatal;
+mod fault;
+pub mod page;
+pub mod policy;
 pub mod prefetch;
+mod region;
+pub mod stats;
 pub mod sys;
+
+pub use engine::{Builder, Config, Engine, MIN_BUDGET_PAGES};
+pub use region::{PrefetchHook, PrefetchRequest, Region};
+pub use stats::{Latency, Stats};
+
+/// How faults are resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FaultMode {
+    /// `sigbus` where the kernel offers it, else `thread`.
+    #[default]
+    Auto,
+    /// In the faulting thread (UFFD_FEATURE_SIGBUS): no other thread wakes; the fast path.
+    /// The kernel cannot fault far pages in for system calls (they fail with EFAULT).
+    Sigbus,
+    /// On handler threads reading the userfaultfd: slower (a wake-up across CPUs per
+    /// fault) but correct when the kernel itself touches far memory.
+    Thread,
+}
+
+impl std::str::FromStr for FaultMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(FaultMode::Auto),
+            "sigbus" => Ok(FaultMode::Sigbus),
+            "thread" => Ok(FaultMode::Thread),
+            _ => Err(format!(
+                "unknown fault mode `{s}`: use auto, sigbus or thread"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for FaultMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FaultMode::Auto => "auto",
+            FaultMode::Sigbus => "sigbus",
+            FaultMode::Thread => "thread",
+        })
+    }
+}
+
+/// Which prefetcher each region gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PrefetchKind {
+    /// None.
+    None,
+    /// Linux-style readahead: the window grows with sequential hits, up to 8 pages.
+    #[default]
+    Readahead,
+    /// Leap's majority trend over recent fault deltas.
+    Majority,
+}
+
+impl std::str::FromStr for PrefetchKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(PrefetchKind::None),
+            "readahead" => Ok(PrefetchKind::Readahead),
+            "majority" => Ok(PrefetchKind::Majority),
+            _ => Err(format!(
+                "unknown prefetcher `{s}`: use none, readahead or majority"
+            )),
+        }
+    }
+}
+
+/// How a range of a region will be used ([`Region::advise`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advice {
+    /// No special treatment (clears earlier advice).
+    Normal,
+    /// Read front to back: prefetch ahead on every fault.
+    Sequential,
+    /// No locality: do not prefetch.
+    Random,
+    /// Bring it in now.
+    WillNeed,
+    /// Not needed soon: evict it now (the data is kept).
+    DontNeed,
+}
+
+/// What can go wrong setting up or changing far memory.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel lacks something farmem needs.
+    #[error("unsupported kernel: {0}")]
+    Unsupported(String),
+    /// userfaultfd is not allowed for this process.
+    #[error(
+        "userfaultfd is not permitted for this process ({0}): run as root, or allow it with `sysctl vm.unprivileged_userfaultfd=1`, or give the user read-write access to /dev/userfaultfd"
+    )]
+    Permission(std::io::Error),
+    /// The budget is below the minimum.
+    #[error(
+        "local budget of {requested} bytes is too small: farmem needs at least {minimum} bytes"
+    )]
+    BudgetTooSmall {
+        /// What was asked for.
+        requested: usize,
+        /// The least accepted.
+        minimum: usize,
+    },
+    /// A bad argument.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A system call failed.
+    #[error("could not {op}: {source}")]
+    Os {
+        /// What farmem was doing.
+        op: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn os(op: &'static str, source: std::io::Error) -> Error {
+        Error::Os { op, source }
+    }
+
+    pub(crate) fn userfaultfd(e: std::io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => Error::Permission(e),
+            Some(libc::ENOSYS) => Error::Unsupported(
+                "this kernel was built without userfaultfd (CONFIG_USERFAULTFD)".into(),
+            ),
+            _ => Error::os("open a userfaultfd", e),
+        }
+    }
+}

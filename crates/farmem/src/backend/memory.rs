@@ -48,6 +48,11 @@ impl Backend for Memory {
 
     fn stats(&self) -> TierStats {
         let n = self.pages.lock().unwrap().len() as u64;
-        TierStats { pages: n, zero_pages: 0, logical_bytes: n * PAGE_SIZE as u64, stored_bytes: n * PAGE_SIZE as u64 }
+        TierStats {
+            pages: n,
+            zero_pages: 0,
+            logical_bytes: n * PAGE_SIZE as u64,
+            stored_bytes: n * PAGE_SIZE as u64,
+        }
     }
 }

@@ -63,7 +63,9 @@ pub enum TierError {
         key: PageKey,
     },
     /// The tier cannot take more pages.
-    #[error("the far tier is full ({used} of {capacity} bytes used): give it more capacity or the program more local memory")]
+    #[error(
+        "the far tier is full ({used} of {capacity} bytes used): give it more capacity or the program more local memory"
+    )]
     Full {
         /// Bytes in use.
         used: u64,
@@ -100,7 +102,11 @@ impl TierStats {
     /// `logical_bytes / stored_bytes`: how much the tier compresses (1.0 for none).
     pub fn ratio(&self) -> f64 {
         if self.stored_bytes == 0 {
-            if self.logical_bytes == 0 { 1.0 } else { f64::INFINITY }
+            if self.logical_bytes == 0 {
+                1.0
+            } else {
+                f64::INFINITY
+            }
         } else {
             self.logical_bytes as f64 / self.stored_bytes as f64
         }

@@ -48,7 +48,10 @@ pub struct Candidates {
 
 impl Default for Candidates {
     fn default() -> Self {
-        Candidates { pages: [0; MAX_PREFETCH], len: 0 }
+        Candidates {
+            pages: [0; MAX_PREFETCH],
+            len: 0,
+        }
     }
 }
 

@@ -55,7 +55,36 @@ impl Memfd {
                 return Err(err);
             }
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "memfd shorter than region"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "memfd shorter than region",
+                ));
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` into the page cache at byte `offset` without mapping it (installs a
+    /// prefetched page unmapped: its first touch is a minor fault).
+    pub fn write_at(&self, buf: &[u8], offset: usize) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: buf[done..] is valid for reads of the remaining length.
+            let n = unsafe {
+                libc::pwrite(
+                    self.fd.as_raw_fd(),
+                    buf[done..].as_ptr().cast(),
+                    buf.len() - done,
+                    (offset + done) as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
             }
             done += n as usize;
         }
@@ -73,7 +102,11 @@ impl Memfd {
                 len as libc::off_t,
             )
         };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// Maps the whole memfd shared, read-write.
@@ -92,7 +125,10 @@ impl Memfd {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len })
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
+            len,
+        })
     }
 }
 
@@ -125,7 +161,10 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len })
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
+            len,
+        })
     }
 
     /// First byte.
@@ -159,6 +198,8 @@ impl Drop for Mapping {
 #[derive(Debug)]
 pub struct Zapper {
     pidfd: Option<OwnedFd>,
+    /// Set once the kernel refused MADV_DONTNEED through process_madvise.
+    fallback: std::sync::atomic::AtomicBool,
 }
 
 /// Ranges per `process_madvise` call (`UIO_MAXIOV`).
@@ -171,13 +212,17 @@ impl Zapper {
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as i32;
         // SAFETY: a descriptor the kernel just gave us.
         let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
-        Zapper { pidfd }
+        Zapper {
+            pidfd,
+            fallback: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Zaps every `(addr, len)` range (page aligned, inside shared mappings we own).
-    pub fn zap(&mut self, ranges: &[libc::iovec]) -> io::Result<()> {
+    pub fn zap(&self, ranges: &[libc::iovec]) -> io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
         for chunk in ranges.chunks(ZAP_BATCH) {
-            if let Some(pidfd) = &self.pidfd {
+            if let (Some(pidfd), false) = (&self.pidfd, self.fallback.load(Relaxed)) {
                 let total: usize = chunk.iter().map(|v| v.iov_len).sum();
                 // SAFETY: `chunk` is a valid iovec array; the ranges are our own mappings.
                 let n = unsafe {
@@ -201,7 +246,7 @@ impl Zapper {
                         return Err(err);
                     }
                     // An older kernel refuses MADV_DONTNEED here: use madvise from now on.
-                    self.pidfd = None;
+                    self.fallback.store(true, Relaxed);
                 }
             }
             for v in chunk {

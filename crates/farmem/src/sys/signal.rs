@@ -37,7 +37,10 @@ pub fn install(f: FaultFn) -> io::Result<()> {
         let prev = unsafe { (*std::ptr::addr_of_mut!(PREVIOUS)).as_mut_ptr() };
         // SAFETY: valid sigaction structures; SIGBUS is a catchable signal.
         if unsafe { libc::sigaction(libc::SIGBUS, &sa, prev) } < 0 {
-            INSTALL_ERR.store(io::Error::last_os_error().raw_os_error().unwrap_or(1) as usize, Ordering::Release);
+            INSTALL_ERR.store(
+                io::Error::last_os_error().raw_os_error().unwrap_or(1) as usize,
+                Ordering::Release,
+            );
         }
     });
     match INSTALL_ERR.load(Ordering::Acquire) {
@@ -98,7 +101,8 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     }
     if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this type.
-        let g: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(h) };
+        let g: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(h) };
         g(sig, info, ctx);
     } else {
         // SAFETY: a plain handler of type fn(int).

@@ -132,7 +132,11 @@ pub struct Uffd {
 /// Features the running kernel offers, probed once with a throw-away userfaultfd.
 pub fn probe_features() -> io::Result<u64> {
     let fd = open_raw(false)?;
-    let mut api = UffdioApi { api: UFFD_API, features: 0, ioctls: 0 };
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
     // SAFETY: fd is a fresh userfaultfd, `api` is a valid uffdio_api the kernel fills in.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API_IOC as _, &mut api) };
     if rc < 0 {
@@ -169,7 +173,11 @@ fn open_raw(nonblock: bool) -> io::Result<OwnedFd> {
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn fill_result(rc: libc::c_int) -> Result<(), FillError> {
@@ -189,10 +197,17 @@ impl Uffd {
     /// Non-blocking when `nonblock`, so handler threads can poll it.
     pub fn new(features: u64, nonblock: bool) -> io::Result<Uffd> {
         let fd = open_raw(nonblock)?;
-        let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features,
+            ioctls: 0,
+        };
         // SAFETY: fd is a fresh userfaultfd, `api` is a valid uffdio_api.
         check(unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API_IOC as _, &mut api) })?;
-        Ok(Uffd { fd, features: api.features })
+        Ok(Uffd {
+            fd,
+            features: api.features,
+        })
     }
 
     /// The features this descriptor was opened with.
@@ -208,7 +223,10 @@ impl Uffd {
     /// Registers `[start, start+len)` for the given `REGISTER_MODE_*` bits.
     pub fn register(&self, start: usize, len: usize, mode: u64) -> io::Result<()> {
         let mut reg = UffdioRegister {
-            range: UffdioRange { start: start as u64, len: len as u64 },
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
             mode,
             ioctls: 0,
         };
@@ -218,7 +236,10 @@ impl Uffd {
 
     /// Unregisters a range (on region drop).
     pub fn unregister(&self, start: usize, len: usize) -> io::Result<()> {
-        let mut range = UffdioRange { start: start as u64, len: len as u64 };
+        let mut range = UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        };
         // SAFETY: `range` is a valid uffdio_range.
         check(unsafe { libc::ioctl(self.raw(), UFFDIO_UNREGISTER as _, &mut range) })
     }
@@ -229,7 +250,13 @@ impl Uffd {
     /// `src..src+len` must be readable memory of this process that is not in a
     /// userfaultfd-registered range.
     pub unsafe fn copy(&self, dst: usize, src: *const u8, len: usize) -> Result<(), FillError> {
-        let mut c = UffdioCopy { dst: dst as u64, src: src as u64, len: len as u64, mode: 0, copy: 0 };
+        let mut c = UffdioCopy {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: 0,
+            copy: 0,
+        };
         // SAFETY: the caller vouches for `src`; the kernel validates `dst`.
         fill_result(unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) })
     }
@@ -237,7 +264,10 @@ impl Uffd {
     /// Maps zeros into the missing range at `dst`.
     pub fn zeropage(&self, dst: usize, len: usize) -> Result<(), FillError> {
         let mut z = UffdioZeropage {
-            range: UffdioRange { start: dst as u64, len: len as u64 },
+            range: UffdioRange {
+                start: dst as u64,
+                len: len as u64,
+            },
             mode: 0,
             zeropage: 0,
         };
@@ -248,7 +278,10 @@ impl Uffd {
     /// Maps the page-cache pages already present behind `[dst, dst+len)` (minor faults).
     pub fn cont(&self, dst: usize, len: usize) -> Result<(), FillError> {
         let mut c = UffdioContinue {
-            range: UffdioRange { start: dst as u64, len: len as u64 },
+            range: UffdioRange {
+                start: dst as u64,
+                len: len as u64,
+            },
             mode: 0,
             mapped: 0,
         };
@@ -259,7 +292,10 @@ impl Uffd {
     /// Wakes threads blocked on faults in `[start, start+len)` (handler-thread mode,
     /// when the page was filled by someone else).
     pub fn wake(&self, start: usize, len: usize) -> io::Result<()> {
-        let mut range = UffdioRange { start: start as u64, len: len as u64 };
+        let mut range = UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        };
         // SAFETY: `range` is a valid uffdio_range.
         check(unsafe { libc::ioctl(self.raw(), UFFDIO_WAKE as _, &mut range) })
     }

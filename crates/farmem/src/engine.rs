@@ -1,0 +1,767 @@
+//! The engine: one local budget shared by all regions, the far tier, the eviction policy,
+//! the background reclaimer and the stats.
+//!
+//! ```text
+//!  faulting threads ──reserve a frame──► resident counter ◄──free frames── reclaimer
+//!        │  (direct reclaim only when        │   watermarks: keep `low..high`    │
+//!        │   no frame is left)               │   frames free; evict in batches   │
+//!        ▼                                   ▼                                   ▼
+//!   regions (memfd page cache) ──────── policy (CLOCK / FIFO) ──────── far tier (batched)
+//! ```
+//!
+//! Residency is counted in pages of the regions' page caches. A faulting thread reserves
+//! a frame before it fills a page, so residency never exceeds the budget: the documented
+//! slack is zero pages of region data (page tables and farmem's own metadata, about 24
+//! bytes per page of region, are not counted).
+
+use crate::backend::{Backend, PAGE_SIZE, PageKey};
+use crate::page::{HAS_FAR, PREFETCHED, State, Tag};
+use crate::policy::{EvictionPolicy, PageRef, PageStatus, PolicyKind, ResidentView};
+use crate::region::{Region, RegionInner};
+use crate::stats::{Counters, Stats};
+use crate::sys::mem::{Mapping, Zapper};
+use crate::sys::uffd;
+use crate::{Error, FaultMode, PrefetchKind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Pages one eviction batch handles at most (also the fetch buffer size in pages).
+pub(crate) const BATCH_PAGES: usize = 72;
+/// Smallest budget accepted, in pages: every concurrently faulting thread needs a frame.
+pub const MIN_BUDGET_PAGES: usize = 16;
+
+/// How an engine is set up. Build one with [`Engine::builder`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Local memory, in bytes, that all regions together may keep resident.
+    pub local_budget: usize,
+    /// Where evicted pages go.
+    pub backend: Arc<dyn Backend>,
+    /// Which pages go first.
+    pub policy: PolicyKind,
+    /// What to fetch with a fault.
+    pub prefetch: PrefetchKind,
+    /// How faults are resolved.
+    pub fault_mode: FaultMode,
+    /// Handler threads per region in [`FaultMode::Thread`].
+    pub handler_threads: usize,
+    /// Pages evicted per batch by the reclaimer.
+    pub reclaim_batch: usize,
+}
+
+/// Builds an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// Local memory budget in bytes (rounded down to pages; at least 16 pages).
+    pub fn local_budget(mut self, bytes: usize) -> Builder {
+        self.config.local_budget = bytes;
+        self
+    }
+
+    /// The far tier (default: uncompressed in memory).
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Builder {
+        self.config.backend = backend;
+        self
+    }
+
+    /// The eviction policy (default: CLOCK).
+    pub fn policy(mut self, policy: PolicyKind) -> Builder {
+        self.config.policy = policy;
+        self
+    }
+
+    /// The prefetcher each region gets (default: readahead).
+    pub fn prefetch(mut self, prefetch: PrefetchKind) -> Builder {
+        self.config.prefetch = prefetch;
+        self
+    }
+
+    /// How faults are resolved (default: auto).
+    pub fn fault_mode(mut self, mode: FaultMode) -> Builder {
+        self.config.fault_mode = mode;
+        self
+    }
+
+    /// Handler threads per region when faults are resolved on handler threads.
+    pub fn handler_threads(mut self, n: usize) -> Builder {
+        self.config.handler_threads = n.max(1);
+        self
+    }
+
+    /// Pages per reclaim batch (1 to 72).
+    pub fn reclaim_batch(mut self, pages: usize) -> Builder {
+        self.config.reclaim_batch = pages.clamp(1, BATCH_PAGES);
+        self
+    }
+
+    /// Starts the engine and its reclaimer.
+    pub fn build(self) -> Result<Engine, Error> {
+        Engine::new(self.config)
+    }
+}
+
+/// The process-wide state every region of an engine shares.
+pub(crate) struct Shared {
+    pub budget: AtomicUsize,
+    pub resident: AtomicUsize,
+    pub backend: Arc<dyn Backend>,
+    pub policy: Mutex<Box<dyn EvictionPolicy>>,
+    pub regions: RwLock<Vec<Option<Arc<RegionInner>>>>,
+    pub counters: Counters,
+    pub zapper: Zapper,
+    pub bufs: BufPool,
+    pub config: Config,
+    pub fault_mode: FaultMode,
+    reclaimer_sleeping: AtomicBool,
+    reclaimer: Mutex<Option<std::thread::Thread>>,
+    shutdown: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("budget", &self.budget)
+            .field("resident", &self.resident)
+            .field("backend", &self.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A far-memory engine: a local budget, a far tier and the regions that share them.
+///
+/// Dropping the engine stops its reclaimer; regions still alive keep working (faulting
+/// threads then reclaim for themselves), so drop regions first.
+#[derive(Debug)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    reclaimer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Watermarks in free frames: the reclaimer wakes below `low` and stops at `high`.
+pub(crate) fn watermarks(budget: usize) -> (usize, usize) {
+    let low = (budget / 32).clamp(1, 2048).min(budget / 4).max(1);
+    (low, (2 * low).min(budget / 2).max(low))
+}
+
+impl Engine {
+    /// A builder with the defaults: 256 MiB budget, `mem` tier, CLOCK, readahead, auto.
+    pub fn builder() -> Builder {
+        Builder {
+            config: Config {
+                local_budget: 256 << 20,
+                backend: Arc::new(crate::backend::Memory::new()),
+                policy: PolicyKind::default(),
+                prefetch: PrefetchKind::default(),
+                fault_mode: FaultMode::Auto,
+                handler_threads: 1,
+                reclaim_batch: 64,
+            },
+        }
+    }
+
+    fn new(config: Config) -> Result<Engine, Error> {
+        if crate::sys::mem::page_size() != PAGE_SIZE {
+            return Err(Error::Unsupported(format!(
+                "farmem needs {PAGE_SIZE}-byte pages; this system uses {}",
+                crate::sys::mem::page_size()
+            )));
+        }
+        let budget = config.local_budget / PAGE_SIZE;
+        if budget < MIN_BUDGET_PAGES {
+            return Err(Error::BudgetTooSmall {
+                requested: config.local_budget,
+                minimum: MIN_BUDGET_PAGES * PAGE_SIZE,
+            });
+        }
+        let fault_mode = resolve_mode(config.fault_mode)?;
+        let shared = Arc::new(Shared {
+            budget: AtomicUsize::new(budget),
+            resident: AtomicUsize::new(0),
+            backend: config.backend.clone(),
+            policy: Mutex::new(config.policy.build()),
+            regions: RwLock::new(Vec::new()),
+            counters: Counters::default(),
+            zapper: Zapper::new(),
+            bufs: BufPool::new().map_err(|e| Error::os("mmap fetch buffers", e))?,
+            config,
+            fault_mode,
+            reclaimer_sleeping: AtomicBool::new(false),
+            reclaimer: Mutex::new(None),
+            shutdown: AtomicBool::new(false),
+        });
+        let s2 = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("farmem-reclaim".into())
+            .spawn(move || reclaimer_loop(&s2))
+            .map_err(|e| Error::os("spawn the reclaimer thread", e))?;
+        *shared.reclaimer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.thread().clone());
+        Ok(Engine {
+            shared,
+            reclaimer: Some(handle),
+        })
+    }
+
+    /// Maps a new far region of `len` bytes (rounded up to whole pages), all zeros.
+    pub fn map(&self, len: usize) -> Result<Region, Error> {
+        Region::new(self.shared.clone(), len)
+    }
+
+    /// The local budget in bytes.
+    pub fn budget(&self) -> usize {
+        self.shared.budget.load(Relaxed) * PAGE_SIZE
+    }
+
+    /// Changes the budget while regions are in use. Shrinking evicts down to the new
+    /// budget before returning; growing lets more pages stay resident.
+    pub fn set_budget(&self, bytes: usize) -> Result<(), Error> {
+        let pages = bytes / PAGE_SIZE;
+        if pages < MIN_BUDGET_PAGES {
+            return Err(Error::BudgetTooSmall {
+                requested: bytes,
+                minimum: MIN_BUDGET_PAGES * PAGE_SIZE,
+            });
+        }
+        self.shared.policy_reserve(pages);
+        self.shared.budget.store(pages, SeqCst);
+        let mut buf = self.shared.bufs.acquire();
+        let mut stuck = 0;
+        while self.shared.resident.load(SeqCst) > pages {
+            if self.shared.evict_some(BATCH_PAGES, buf.bytes()) == 0 {
+                stuck += 1;
+                if stuck > 1000 {
+                    break; // every page locked by faulting threads: they respect the budget
+                }
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot of what the engine has done.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Zeroes the counters and histograms (the resident and far figures stay).
+    pub fn reset_stats(&self) {
+        let c = &self.shared.counters;
+        for a in [
+            &c.zero_faults,
+            &c.minor_faults,
+            &c.major_faults,
+            &c.fetched,
+            &c.evicted,
+        ] {
+            a.store(0, Relaxed);
+        }
+        for a in [
+            &c.spurious_faults,
+            &c.prefetched,
+            &c.prefetch_hits,
+            &c.prefetch_unused,
+            &c.written_back,
+            &c.dropped_clean,
+            &c.evicted_zero,
+            &c.demoted,
+            &c.direct_reclaims,
+        ] {
+            a.store(0, Relaxed);
+        }
+        c.peak_resident
+            .store(self.shared.resident.load(Relaxed) as u64, Relaxed);
+        c.major_latency.reset();
+        c.minor_latency.reset();
+        c.zero_latency.reset();
+    }
+
+    /// How faults are resolved in this engine (`auto` already decided).
+    pub fn fault_mode(&self) -> FaultMode {
+        self.shared.fault_mode
+    }
+
+    /// The far tier's name.
+    pub fn backend_name(&self) -> &str {
+        self.shared.backend.name()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, SeqCst);
+        if let Some(h) = self.reclaimer.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+/// Decides `auto` and checks that the kernel can do what was asked.
+fn resolve_mode(mode: FaultMode) -> Result<FaultMode, Error> {
+    let features = uffd::probe_features().map_err(Error::userfaultfd)?;
+    let need = uffd::feature::MISSING_SHMEM | uffd::feature::MINOR_SHMEM;
+    if features & need != need {
+        return Err(Error::Unsupported(
+            "this kernel's userfaultfd lacks shared-memory minor faults (Linux 5.13 or newer is needed)".into(),
+        ));
+    }
+    let sigbus = features & uffd::feature::SIGBUS != 0;
+    match mode {
+        FaultMode::Auto => Ok(if sigbus {
+            FaultMode::Sigbus
+        } else {
+            FaultMode::Thread
+        }),
+        FaultMode::Sigbus if !sigbus => Err(Error::Unsupported(
+            "this kernel's userfaultfd lacks UFFD_FEATURE_SIGBUS: use --fault-mode thread".into(),
+        )),
+        m => Ok(m),
+    }
+}
+
+fn reclaimer_loop(s: &Shared) {
+    let map = match Mapping::anon(BATCH_PAGES * PAGE_SIZE) {
+        Ok(m) => m,
+        Err(e) => crate::fatal::die_io("could not map the reclaimer's buffer", &e),
+    };
+    // SAFETY: the mapping is ours, private, and outlives this slice (dropped at the end).
+    let buf = unsafe { std::slice::from_raw_parts_mut(map.ptr(), map.len()) };
+    let batch = s.config.reclaim_batch;
+    while !s.shutdown.load(Relaxed) {
+        let budget = s.budget.load(Relaxed);
+        let (low, high) = watermarks(budget);
+        let free = budget.saturating_sub(s.resident.load(Relaxed));
+        if free < low {
+            let mut idle_rounds = 0;
+            while budget.saturating_sub(s.resident.load(Relaxed)) < high
+                && !s.shutdown.load(Relaxed)
+            {
+                if s.evict_some(batch, buf) == 0 {
+                    idle_rounds += 1;
+                    if idle_rounds > 8 {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            continue;
+        }
+        s.reclaimer_sleeping.store(true, SeqCst);
+        if budget.saturating_sub(s.resident.load(SeqCst)) >= low {
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+        s.reclaimer_sleeping.store(false, SeqCst);
+    }
+    drop(map);
+}
+
+impl Shared {
+    /// Grows the policy's preallocated capacity for `budget_pages` resident pages.
+    pub(crate) fn policy_reserve(&self, budget_pages: usize) {
+        let total: usize = self.total_region_pages();
+        let want = total.min(budget_pages * 2 + 1024);
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reserve(want);
+    }
+
+    fn total_region_pages(&self) -> usize {
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        regions.iter().flatten().map(|r| r.pages as usize).sum()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut st = Stats::from_counters(&self.counters);
+        st.resident_pages = self.resident.load(Relaxed) as u64;
+        st.budget_pages = self.budget.load(Relaxed) as u64;
+        let t = self.backend.stats();
+        st.far_pages = t.pages;
+        st.far_bytes = t.stored_bytes;
+        st.far_ratio = t.ratio();
+        st
+    }
+
+    /// Reserves up to `want` frames without evicting; returns how many it got.
+    pub(crate) fn try_reserve(&self, want: usize) -> usize {
+        if want == 0 {
+            return 0;
+        }
+        let mut cur = self.resident.load(Relaxed);
+        loop {
+            let budget = self.budget.load(Relaxed);
+            let got = want.min(budget.saturating_sub(cur));
+            if got == 0 {
+                return 0;
+            }
+            match self
+                .resident
+                .compare_exchange_weak(cur, cur + got, AcqRel, Relaxed)
+            {
+                Ok(_) => {
+                    self.after_reserve(cur + got, budget);
+                    return got;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Reserves one frame for a faulting page, reclaiming in this thread if none is free.
+    pub(crate) fn reserve_one(&self, scratch: &mut [u8]) {
+        let mut tries = 0u32;
+        while self.try_reserve(1) == 0 {
+            Counters::bump(&self.counters.direct_reclaims, 1);
+            if self.evict_some(16, scratch) == 0 {
+                tries += 1;
+                if tries > 64 {
+                    // Everything resident is locked by other faulting threads: let them finish.
+                    // SAFETY: sched_yield has no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
+            }
+        }
+    }
+
+    pub(crate) fn release_frames(&self, n: usize) {
+        if n > 0 {
+            self.resident.fetch_sub(n, AcqRel);
+        }
+    }
+
+    fn after_reserve(&self, now: usize, budget: usize) {
+        self.counters.note_resident(now as u64);
+        let (low, _) = watermarks(budget);
+        if budget.saturating_sub(now) < low && self.reclaimer_sleeping.swap(false, SeqCst) {
+            // try_lock: the fault path never blocks here; the reclaimer also wakes on its own.
+            if let Ok(t) = self.reclaimer.try_lock()
+                && let Some(t) = t.as_ref()
+            {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Inserts pages into the policy.
+    pub(crate) fn policy_insert(&self, refs: &[PageRef]) {
+        let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+        for r in refs {
+            p.insert(*r);
+        }
+    }
+
+    /// Chooses and evicts up to `want` pages; returns the frames freed. `scratch` must
+    /// hold at least `want` pages.
+    pub(crate) fn evict_some(&self, want: usize, scratch: &mut [u8]) -> usize {
+        let want = want.min(BATCH_PAGES).min(scratch.len() / PAGE_SIZE);
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        let mut view = View {
+            regions: &regions,
+            demoted: Vec::new(),
+            victims: Vec::new(),
+            counters: &self.counters,
+        };
+        view.demoted.reserve(DEMOTE_MAX);
+        view.victims.reserve(want);
+        {
+            let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+            p.select(want, &mut view);
+        }
+        let View {
+            demoted, victims, ..
+        } = view;
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(demoted.len());
+        for (r, page, _) in &demoted {
+            iov.push(libc::iovec {
+                iov_base: r.page_addr(*page) as *mut libc::c_void,
+                iov_len: PAGE_SIZE,
+            });
+        }
+        if let Err(e) = self.zapper.zap(&iov) {
+            crate::fatal::die_io("could not unmap pages to sample references (madvise)", &e);
+        }
+        for (r, page, prev) in &demoted {
+            r.states[*page as usize].unlock(prev.with_tag(Tag::Inactive));
+        }
+        Counters::bump(&self.counters.demoted, demoted.len() as u64);
+        drop(regions);
+        self.evict_locked(victims, scratch)
+    }
+
+    /// Evicts pages the caller has locked (`prev` is the state each had): unmaps the mapped
+    /// ones, writes back the dirty ones, frees their frames. Returns how many.
+    pub(crate) fn evict_locked(
+        &self,
+        victims: Vec<(Arc<RegionInner>, u64, State)>,
+        scratch: &mut [u8],
+    ) -> usize {
+        if victims.is_empty() {
+            return 0;
+        }
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(victims.len());
+        for (r, page, prev) in &victims {
+            if prev.tag() == Tag::Active {
+                iov.push(libc::iovec {
+                    iov_base: r.page_addr(*page) as *mut libc::c_void,
+                    iov_len: PAGE_SIZE,
+                });
+            }
+        }
+        if let Err(e) = self.zapper.zap(&iov) {
+            crate::fatal::die_io("could not unmap pages for eviction (madvise)", &e);
+        }
+        self.write_back_and_free(&victims, scratch);
+        victims.len()
+    }
+
+    /// The region with this id, if it is still mapped.
+    pub(crate) fn region_arc(&self, id: u32) -> Option<Arc<RegionInner>> {
+        self.regions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id as usize)?
+            .clone()
+    }
+
+    /// Victims are locked and unmapped: read them out, write back the dirty ones, free
+    /// their frames.
+    fn write_back_and_free(&self, victims: &[(Arc<RegionInner>, u64, State)], scratch: &mut [u8]) {
+        let n = victims.len();
+        let mut hashes = [0u128; BATCH_PAGES];
+        let mut dirty_keys: [PageKey; BATCH_PAGES] = [PageKey(0); BATCH_PAGES];
+        let mut dirty_idx = [0usize; BATCH_PAGES];
+        let mut ndirty = 0;
+        let mut zero = [false; BATCH_PAGES];
+        for (i, (r, page, prev)) in victims.iter().enumerate() {
+            let buf = &mut scratch[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+            if let Err(e) = r.memfd.read_at(buf, *page as usize * PAGE_SIZE) {
+                crate::fatal::die_io("could not read a page out of local memory for eviction", &e);
+            }
+            let h = crate::region::page_hash(buf);
+            hashes[i] = h;
+            if h == crate::region::zero_hash() && buf.iter().all(|&b| b == 0) {
+                zero[i] = true;
+            } else if !(prev.has_far() && r.far_hash(*page) == h) {
+                dirty_keys[ndirty] = r.key(*page);
+                dirty_idx[ndirty] = i;
+                ndirty += 1;
+            }
+        }
+        if ndirty > 0 {
+            // Pack the dirty pages at the front of the buffer for one batched store.
+            for (j, &i) in dirty_idx[..ndirty].iter().enumerate() {
+                if i != j {
+                    scratch.copy_within(i * PAGE_SIZE..(i + 1) * PAGE_SIZE, j * PAGE_SIZE);
+                }
+            }
+            if let Err(e) = self
+                .backend
+                .store(&dirty_keys[..ndirty], &scratch[..ndirty * PAGE_SIZE])
+            {
+                crate::fatal::die_tier("write back evicted pages", self.backend.name(), &e);
+            }
+        }
+        let mut zero_keys: [PageKey; BATCH_PAGES] = [PageKey(0); BATCH_PAGES];
+        let mut nzero_far = 0;
+        let (mut clean, mut nzero, mut unused) = (0u64, 0u64, 0u64);
+        for (i, (r, page, prev)) in victims.iter().enumerate() {
+            if let Err(e) = r.memfd.punch(*page as usize * PAGE_SIZE, PAGE_SIZE) {
+                crate::fatal::die_io("could not free an evicted page (fallocate)", &e);
+            }
+            if prev.prefetched() {
+                unused += 1;
+            }
+            let next = if zero[i] {
+                nzero += 1;
+                if prev.has_far() {
+                    zero_keys[nzero_far] = r.key(*page);
+                    nzero_far += 1;
+                }
+                State::new(Tag::Untouched, 0, prev.generation())
+            } else {
+                if dirty_idx[..ndirty].contains(&i) {
+                    r.set_far_hash(*page, hashes[i]);
+                } else {
+                    clean += 1;
+                }
+                State::new(Tag::Far, HAS_FAR, prev.generation())
+            };
+            r.states[*page as usize].unlock(next.with_flags(next.flags() & !PREFETCHED));
+        }
+        if nzero_far > 0 {
+            self.backend.discard(&zero_keys[..nzero_far]);
+        }
+        self.release_frames(n);
+        let c = &self.counters;
+        Counters::bump(&c.evicted, n as u64);
+        Counters::bump(&c.written_back, ndirty as u64);
+        Counters::bump(&c.dropped_clean, clean);
+        Counters::bump(&c.evicted_zero, nzero);
+        Counters::bump(&c.prefetch_unused, unused);
+    }
+
+    /// Wakes everything that waits on the engine (used on shutdown paths).
+    #[allow(dead_code)]
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutdown.load(Relaxed)
+    }
+}
+
+const DEMOTE_MAX: usize = 512;
+
+/// The policy's view of resident pages during one selection.
+struct View<'a> {
+    regions: &'a [Option<Arc<RegionInner>>],
+    demoted: Vec<(Arc<RegionInner>, u64, State)>,
+    victims: Vec<(Arc<RegionInner>, u64, State)>,
+    #[allow(dead_code)]
+    counters: &'a Counters,
+}
+
+impl View<'_> {
+    fn region(&self, p: PageRef) -> Option<&Arc<RegionInner>> {
+        self.regions
+            .get(p.region as usize)?
+            .as_ref()
+            .filter(|r| p.page < r.pages)
+    }
+
+    fn lock(&self, p: PageRef, want: &[Tag]) -> Option<(Arc<RegionInner>, State)> {
+        let r = self.region(p)?;
+        let w = &r.states[p.page as usize];
+        let s = w.load();
+        if s.generation() != p.generation || !want.contains(&s.tag()) || !w.try_lock(s) {
+            return None;
+        }
+        Some((r.clone(), s))
+    }
+}
+
+impl ResidentView for View<'_> {
+    fn status(&self, p: PageRef) -> PageStatus {
+        let Some(r) = self.region(p) else {
+            return PageStatus::Stale;
+        };
+        let s = r.states[p.page as usize].load();
+        if s.generation() != p.generation {
+            return PageStatus::Stale;
+        }
+        match s.tag() {
+            Tag::Active => PageStatus::Referenced,
+            Tag::Inactive => PageStatus::Unreferenced,
+            Tag::Locked => PageStatus::Busy,
+            Tag::Far | Tag::Untouched => PageStatus::Stale,
+        }
+    }
+
+    fn demote(&mut self, p: PageRef) -> bool {
+        if self.demoted.len() >= DEMOTE_MAX {
+            return false;
+        }
+        match self.lock(p, &[Tag::Active]) {
+            Some((r, s)) => {
+                self.demoted.push((r, p.page, s));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn evict(&mut self, p: PageRef) -> bool {
+        match self.lock(p, &[Tag::Active, Tag::Inactive]) {
+            Some((r, s)) => {
+                self.victims.push((r, p.page, s));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn victims(&self) -> usize {
+        self.victims.len()
+    }
+}
+
+/// Fetch buffers for fault paths: 64 slots of [`BATCH_PAGES`] pages, handed out through
+/// an atomic bitmap so that a signal handler can take one without locks or allocation.
+pub(crate) struct BufPool {
+    map: Mapping,
+    free: AtomicU64,
+}
+
+pub(crate) struct PoolBuf<'a> {
+    pool: &'a BufPool,
+    slot: usize,
+}
+
+impl BufPool {
+    const SLOTS: usize = 64;
+    const SLOT_BYTES: usize = BATCH_PAGES * PAGE_SIZE;
+
+    fn new() -> std::io::Result<BufPool> {
+        Ok(BufPool {
+            map: Mapping::anon(Self::SLOTS * Self::SLOT_BYTES)?,
+            free: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    pub(crate) fn acquire(&self) -> PoolBuf<'_> {
+        loop {
+            let cur = self.free.load(Acquire);
+            if cur == 0 {
+                // 64 faults in flight at once: wait for one to finish.
+                std::hint::spin_loop();
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+                continue;
+            }
+            let slot = cur.trailing_zeros() as usize;
+            if self
+                .free
+                .compare_exchange_weak(cur, cur & !(1 << slot), AcqRel, Relaxed)
+                .is_ok()
+            {
+                return PoolBuf { pool: self, slot };
+            }
+        }
+    }
+}
+
+impl PoolBuf<'_> {
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: slot `slot` is ours alone until drop (its bit is clear in `free`), and
+        // lies inside the pool's mapping, which outlives this borrow.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.pool.map.ptr().add(self.slot * BufPool::SLOT_BYTES),
+                BufPool::SLOT_BYTES,
+            )
+        }
+    }
+}
+
+impl Drop for PoolBuf<'_> {
+    fn drop(&mut self) {
+        self.pool.free.fetch_or(1 << self.slot, AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_fit_inside_the_budget() {
+        for b in [16usize, 17, 100, 1000, 65536, 1 << 22] {
+            let (low, high) = watermarks(b);
+            assert!(
+                low >= 1 && low <= high && high <= b / 2 + 1,
+                "{b}: {low} {high}"
+            );
+        }
+    }
+}

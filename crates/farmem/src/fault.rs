@@ -1,0 +1,464 @@
+//! The fault paths: resolving a missing or unmapped page, in the faulting thread (SIGBUS)
+//! or on a handler thread reading the userfaultfd, with the same code.
+//!
+//! ```text
+//!  fault at addr ─► page word ─┬─ ACTIVE     someone else resolved it: return (or wake)
+//!                              ├─ LOCKED     wait for the holder, look again
+//!                              ├─ INACTIVE   lock, UFFDIO_CONTINUE (minor, ~1.6 us)
+//!                              ├─ UNTOUCHED  lock, reserve a frame, UFFDIO_ZEROPAGE
+//!                              └─ FAR        lock, reserve a frame, ask the prefetchers,
+//!                                            lock the candidates, one batched fetch,
+//!                                            verify checksums, COPY the faulting page,
+//!                                            pwrite the prefetched ones (unmapped)
+//! ```
+//!
+//! Nothing here sleeps on another thread in the common case: frames come from the free
+//! reserve the reclaimer keeps, and only when none is left does the faulting thread evict
+//! for itself (direct reclaim).
+
+use crate::Advice;
+use crate::backend::{PAGE_SIZE, PageKey};
+use crate::engine::BATCH_PAGES;
+use crate::page::{HAS_FAR, PREFETCHED, State, Tag};
+use crate::policy::PageRef;
+use crate::prefetch::{Candidates, FaultInfo};
+use crate::region::{PrefetchRequest, RegionInner, next_gen, page_hash};
+use crate::stats::Counters;
+use crate::sys::uffd::{self, FillError, UffdMsg};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The SIGBUS entry point (see `sys::signal`).
+pub(crate) fn on_sigbus(addr: usize, write: bool) -> bool {
+    crate::region::with_region_at(addr, |r| resolve(r, addr, write, false)).is_some()
+}
+
+/// A handler thread: reads fault messages until `stop` becomes readable.
+pub(crate) fn handler_loop(r: &RegionInner, stop: i32) {
+    let mut msgs = [UffdMsg::default(); 64];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: r.uffd.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            crate::fatal::die_io("poll on the userfaultfd failed", &e);
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        let n = match r.uffd.read_msgs(&mut msgs) {
+            Ok(n) => n,
+            Err(e) => crate::fatal::die_io("reading the userfaultfd failed", &e),
+        };
+        for m in &msgs[..n] {
+            if m.event == uffd::EVENT_PAGEFAULT {
+                resolve(
+                    r,
+                    m.address as usize,
+                    m.flags & uffd::PAGEFAULT_FLAG_WRITE != 0,
+                    true,
+                );
+            }
+        }
+    }
+}
+
+fn fill(r: &RegionInner, page: u64, mut op: impl FnMut() -> Result<(), FillError>, what: &str) {
+    loop {
+        match op() {
+            Ok(()) => return,
+            Err(FillError::Again) => std::thread::yield_now(),
+            Err(FillError::Exists) => {
+                let _ = (r, page);
+                crate::sys::signal::fatal(&[
+                    b"farmem: fatal: internal error: ",
+                    what.as_bytes(),
+                    b" found the page already present. Please report this bug.\n",
+                ])
+            }
+            Err(FillError::Os(e)) => crate::fatal::die_io(what, &e),
+        }
+    }
+}
+
+/// Resolves a fault at `addr` of region `r`. `wake`: wake blocked threads if no fill was
+/// needed (handler-thread mode).
+pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
+    let page = ((addr - r.base) / PAGE_SIZE) as u64;
+    let page_addr = r.page_addr(page);
+    let w = &r.states[page as usize];
+    let c = &r.shared.counters;
+    let t0 = Instant::now();
+    loop {
+        let s = w.wait_unlocked();
+        match s.tag() {
+            Tag::Active => {
+                Counters::bump(&c.spurious_faults, 1);
+                if wake {
+                    let _ = r.uffd.wake(page_addr, PAGE_SIZE);
+                }
+                return;
+            }
+            Tag::Inactive => {
+                if !w.try_lock(s) {
+                    continue;
+                }
+                fill(
+                    r,
+                    page,
+                    || r.uffd.cont(page_addr, PAGE_SIZE).or_else(ok_if_exists),
+                    "mapping a local page (UFFDIO_CONTINUE)",
+                );
+                w.unlock(s.with_tag(Tag::Active).with_flags(s.flags() & !PREFETCHED));
+                Counters::bump(&c.minor_faults, 1);
+                c.minor_latency.record(t0.elapsed().as_nanos() as u64);
+                if s.prefetched() {
+                    Counters::bump(&c.prefetch_hits, 1);
+                    let mut cands = Candidates::new();
+                    gather(r, page, write, true, &mut cands);
+                    if !cands.is_empty() {
+                        prefetch_pages(r, cands.as_slice(), false);
+                    }
+                }
+                return;
+            }
+            Tag::Untouched => {
+                if !w.try_lock(s) {
+                    continue;
+                }
+                let mut buf = r.shared.bufs.acquire();
+                r.shared.reserve_one(buf.bytes());
+                drop(buf);
+                fill(
+                    r,
+                    page,
+                    || r.uffd.zeropage(page_addr, PAGE_SIZE),
+                    "zero-filling a page (UFFDIO_ZEROPAGE)",
+                );
+                let generation = next_gen(s);
+                w.unlock(State::new(Tag::Active, 0, generation));
+                r.shared.policy_insert(&[PageRef {
+                    region: r.id,
+                    generation,
+                    page,
+                }]);
+                Counters::bump(&c.zero_faults, 1);
+                c.zero_latency.record(t0.elapsed().as_nanos() as u64);
+                return;
+            }
+            Tag::Far => {
+                if !w.try_lock(s) {
+                    continue;
+                }
+                major(r, page, s, write, t0);
+                return;
+            }
+            Tag::Locked => unreachable!("wait_unlocked returned a locked page"),
+        }
+    }
+}
+
+fn ok_if_exists(e: FillError) -> Result<(), FillError> {
+    // CONTINUE on a page that is already mapped: someone else mapped it, fine.
+    match e {
+        FillError::Exists => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Asks the advice, the application's upcall and the prefetcher what to bring in.
+fn gather(r: &RegionInner, page: u64, write: bool, hit: bool, out: &mut Candidates) {
+    match r.advice_at(page) {
+        Some(Advice::Random) => return,
+        Some(Advice::Sequential) => {
+            for p in page + 1..(page + 1 + SEQUENTIAL_WINDOW).min(r.pages) {
+                out.push(p);
+            }
+            return;
+        }
+        _ => {}
+    }
+    if !hit
+        && let Ok(h) = r.hook.try_read()
+        && let Some(h) = h.as_ref()
+    {
+        let mut req = PrefetchRequest::new(r.base, r.pages, out);
+        h(r.page_addr(page), &mut req);
+    }
+    let info = FaultInfo {
+        page,
+        region_pages: r.pages,
+        write,
+        hit,
+    };
+    r.prefetcher
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .on_fault(&info, out);
+}
+
+/// Pages fetched ahead on every fault in a range advised `Sequential`.
+const SEQUENTIAL_WINDOW: u64 = 16;
+
+/// A major fault on `page`, which the caller has locked (it read `s` before).
+fn major(r: &RegionInner, page: u64, s: State, write: bool, t0: Instant) {
+    let shared = &r.shared;
+    let c = &shared.counters;
+    let mut buf = shared.bufs.acquire();
+    shared.reserve_one(buf.bytes());
+    let mut cands = Candidates::new();
+    gather(r, page, write, false, &mut cands);
+    let mut pages = [0u64; BATCH_PAGES];
+    let mut states = [State(0); BATCH_PAGES];
+    pages[0] = page;
+    states[0] = s;
+    let mut n = 1 + lock_far(r, cands.as_slice(), &mut pages[1..], &mut states[1..]);
+    let granted = shared.try_reserve(n - 1);
+    for i in 1 + granted..n {
+        r.states[pages[i] as usize].unlock(states[i]);
+    }
+    n = 1 + granted;
+    let bytes = &mut buf.bytes()[..n * PAGE_SIZE];
+    fetch_verified(r, &pages[..n], bytes);
+    let generation = next_gen(s);
+    // SAFETY: `bytes` is a fetch buffer of ours, outside every registered range.
+    fill(
+        r,
+        page,
+        || unsafe { r.uffd.copy(r.page_addr(page), bytes.as_ptr(), PAGE_SIZE) },
+        "installing a fetched page (UFFDIO_COPY)",
+    );
+    r.states[page as usize].unlock(State::new(Tag::Active, HAS_FAR, generation));
+    let mut refs = [PageRef {
+        region: r.id,
+        generation: 0,
+        page: 0,
+    }; BATCH_PAGES];
+    refs[0] = PageRef {
+        region: r.id,
+        generation,
+        page,
+    };
+    install_prefetched(
+        r,
+        &pages[1..n],
+        &states[1..n],
+        &bytes[PAGE_SIZE..],
+        &mut refs[1..n],
+    );
+    shared.policy_insert(&refs[..n]);
+    Counters::bump(&c.major_faults, 1);
+    Counters::bump(&c.fetched, n as u64);
+    Counters::bump(&c.prefetched, (n - 1) as u64);
+    c.major_latency.record(t0.elapsed().as_nanos() as u64);
+}
+
+/// Locks the FAR pages among `cands` (no duplicates, none already in `out`); returns how
+/// many it locked into `out_pages` / `out_states`.
+fn lock_far(
+    r: &RegionInner,
+    cands: &[u64],
+    out_pages: &mut [u64],
+    out_states: &mut [State],
+) -> usize {
+    let mut n = 0;
+    for &p in cands {
+        if n == out_pages.len() {
+            break;
+        }
+        if p >= r.pages || out_pages[..n].contains(&p) {
+            continue;
+        }
+        let w = &r.states[p as usize];
+        let s = w.load();
+        if s.tag() == Tag::Far && w.try_lock(s) {
+            out_pages[n] = p;
+            out_states[n] = s;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Fetches `pages` (all locked, all with a far copy) into `out` and checks every checksum.
+fn fetch_verified(r: &RegionInner, pages: &[u64], out: &mut [u8]) {
+    let mut keys = [PageKey(0); BATCH_PAGES];
+    for (k, p) in keys.iter_mut().zip(pages) {
+        *k = r.key(*p);
+    }
+    let shared = &r.shared;
+    if let Err(e) = shared.backend.fetch(&keys[..pages.len()], out) {
+        crate::fatal::die_tier("fetch pages", shared.backend.name(), &e);
+    }
+    for (i, p) in pages.iter().enumerate() {
+        if page_hash(&out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) != r.far_hash(*p) {
+            crate::fatal::die_corrupt(shared.backend.name(), r.id, *p);
+        }
+    }
+}
+
+/// Writes prefetched pages into local memory unmapped and unlocks them as
+/// INACTIVE|PREFETCHED: their first touch is a minor fault that counts as a hit.
+fn install_prefetched(
+    r: &RegionInner,
+    pages: &[u64],
+    states: &[State],
+    data: &[u8],
+    refs: &mut [PageRef],
+) {
+    for (i, (&p, s)) in pages.iter().zip(states).enumerate() {
+        if let Err(e) = r.memfd.write_at(
+            &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+            p as usize * PAGE_SIZE,
+        ) {
+            crate::fatal::die_io("could not install a prefetched page (pwrite)", &e);
+        }
+        let generation = next_gen(*s);
+        r.states[p as usize].unlock(State::new(Tag::Inactive, HAS_FAR | PREFETCHED, generation));
+        refs[i] = PageRef {
+            region: r.id,
+            generation,
+            page: p,
+        };
+    }
+}
+
+/// Prefetches `cands` without a faulting page (after a prefetch hit, or on request).
+/// `evict`: make room by evicting if no frame is free.
+fn prefetch_pages(r: &RegionInner, cands: &[u64], evict: bool) -> usize {
+    let shared = &r.shared;
+    let mut buf = shared.bufs.acquire();
+    let mut pages = [0u64; BATCH_PAGES];
+    let mut states = [State(0); BATCH_PAGES];
+    let n = lock_far(r, cands, &mut pages, &mut states);
+    if n == 0 {
+        return 0;
+    }
+    let mut granted = shared.try_reserve(n);
+    if granted < n && evict {
+        shared.evict_some(n - granted, buf.bytes());
+        granted += shared.try_reserve(n - granted);
+    }
+    for i in granted..n {
+        r.states[pages[i] as usize].unlock(states[i]);
+    }
+    if granted == 0 {
+        return 0;
+    }
+    let bytes = &mut buf.bytes()[..granted * PAGE_SIZE];
+    fetch_verified(r, &pages[..granted], bytes);
+    let mut refs = [PageRef {
+        region: r.id,
+        generation: 0,
+        page: 0,
+    }; BATCH_PAGES];
+    install_prefetched(
+        r,
+        &pages[..granted],
+        &states[..granted],
+        bytes,
+        &mut refs[..granted],
+    );
+    shared.policy_insert(&refs[..granted]);
+    let c = &shared.counters;
+    Counters::bump(&c.fetched, granted as u64);
+    Counters::bump(&c.prefetched, granted as u64);
+    granted
+}
+
+/// Brings `[first, end)` in (the application asked: `prefetch` or `WillNeed`), at most
+/// half the budget per call so that a large request cannot flush everything else.
+pub(crate) fn prefetch_range(r: &RegionInner, first: u64, end: u64) {
+    let limit = (r.shared.budget.load(std::sync::atomic::Ordering::Relaxed) / 2) as u64;
+    let end = end.min(first + limit);
+    let mut p = first;
+    let mut cands = [0u64; BATCH_PAGES - 1];
+    while p < end {
+        let k = ((end - p) as usize).min(cands.len());
+        for (i, c) in cands[..k].iter_mut().enumerate() {
+            *c = p + i as u64;
+        }
+        prefetch_pages(r, &cands[..k], true);
+        p += k as u64;
+    }
+}
+
+/// Evicts `[first, end)` now (`DontNeed`): dirty pages are written back, data is kept.
+pub(crate) fn evict_range(r: &RegionInner, first: u64, end: u64) {
+    let Some(arc) = r.shared.region_arc(r.id) else {
+        return;
+    };
+    let mut buf = r.shared.bufs.acquire();
+    let mut p = first;
+    while p < end {
+        let mut victims = Vec::with_capacity(BATCH_PAGES);
+        while p < end && victims.len() < BATCH_PAGES {
+            let w = &r.states[p as usize];
+            let s = w.wait_unlocked();
+            if s.is_resident() && w.try_lock(s) {
+                victims.push((arc.clone(), p, s));
+            } else if s.is_resident() {
+                continue; // changed under us: look again
+            }
+            p += 1;
+        }
+        r.shared.evict_locked(victims, buf.bytes());
+    }
+}
+
+/// Discards `[first, end)`: the pages read as zeros afterwards.
+pub(crate) fn discard_range(r: &RegionInner, first: u64, end: u64) {
+    let shared = &r.shared;
+    let mut iov = Vec::new();
+    let mut locked = Vec::new();
+    let mut far = Vec::new();
+    for p in first..end {
+        let s = r.states[p as usize].lock_any();
+        if s.tag() == Tag::Active {
+            iov.push(libc::iovec {
+                iov_base: r.page_addr(p) as *mut libc::c_void,
+                iov_len: PAGE_SIZE,
+            });
+        }
+        if s.has_far() {
+            far.push(r.key(p));
+        }
+        locked.push((p, s));
+    }
+    if let Err(e) = shared.zapper.zap(&iov) {
+        crate::fatal::die_io("could not unmap discarded pages (madvise)", &e);
+    }
+    let mut freed = 0;
+    for &(p, s) in &locked {
+        if s.is_resident() {
+            if let Err(e) = r.memfd.punch(p as usize * PAGE_SIZE, PAGE_SIZE) {
+                crate::fatal::die_io("could not free a discarded page (fallocate)", &e);
+            }
+            freed += 1;
+        }
+        r.states[p as usize].unlock(State::new(Tag::Untouched, 0, s.generation()));
+    }
+    shared.release_frames(freed);
+    shared.backend.discard(&far);
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Arc<RegionInner>>();
+}

@@ -1,0 +1,322 @@
+//! Counters and latency histograms, recorded from the fault path without locks or
+//! allocation (relaxed atomics only), read as a [`Stats`] snapshot at any time.
+
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A lock-free log-linear histogram of nanosecond values: 16 sub-buckets per power of two
+/// (about 6% relative error), values up to about 18 minutes. Recording is one relaxed
+/// `fetch_add`, safe in a signal handler.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+const SUB_BITS: u32 = 4;
+const SUB: u64 = 1 << SUB_BITS;
+const LINEAR: u64 = 2 * SUB; // values below this get their own bucket
+const MAX_EXP: u32 = 40;
+const NBUCKETS: usize = (LINEAR + (MAX_EXP as u64 - SUB_BITS as u64) * SUB) as usize;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: (0..NBUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+fn bucket_of(v: u64) -> usize {
+    if v < LINEAR {
+        return v as usize;
+    }
+    let e = 63 - v.leading_zeros(); // >= SUB_BITS + 1
+    let e = e.min(MAX_EXP - 1);
+    let mant = (v >> (e - SUB_BITS)) & (SUB - 1);
+    (LINEAR + (e - SUB_BITS - 1) as u64 * SUB + mant) as usize
+}
+
+/// The midpoint of a bucket's range.
+fn value_of(b: usize) -> u64 {
+    let b = b as u64;
+    if b < LINEAR {
+        return b;
+    }
+    let e = (b - LINEAR) / SUB + SUB_BITS as u64 + 1;
+    let mant = (b - LINEAR) % SUB;
+    let lo = (SUB + mant) << (e - SUB_BITS as u64);
+    let width = 1u64 << (e - SUB_BITS as u64);
+    lo + width / 2
+}
+
+impl Histogram {
+    /// Records one value.
+    #[inline]
+    pub fn record(&self, ns: u64) {
+        self.buckets[bucket_of(ns).min(NBUCKETS - 1)].fetch_add(1, Relaxed);
+    }
+
+    /// Number of values recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// The value at quantile `q` in `[0, 1]` (0 when empty).
+    pub fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return value_of(i);
+            }
+        }
+        value_of(NBUCKETS - 1)
+    }
+
+    /// Forgets everything.
+    pub fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Relaxed);
+        }
+    }
+}
+
+/// Live counters of one engine.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub zero_faults: CachePadded<AtomicU64>,
+    pub minor_faults: CachePadded<AtomicU64>,
+    pub major_faults: CachePadded<AtomicU64>,
+    pub spurious_faults: AtomicU64,
+    pub fetched: CachePadded<AtomicU64>,
+    pub prefetched: AtomicU64,
+    pub prefetch_hits: AtomicU64,
+    pub prefetch_unused: AtomicU64,
+    pub evicted: CachePadded<AtomicU64>,
+    pub written_back: AtomicU64,
+    pub dropped_clean: AtomicU64,
+    pub evicted_zero: AtomicU64,
+    pub demoted: AtomicU64,
+    pub direct_reclaims: AtomicU64,
+    pub peak_resident: AtomicU64,
+    pub major_latency: Histogram,
+    pub minor_latency: Histogram,
+    pub zero_latency: Histogram,
+}
+
+impl Counters {
+    pub fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub fn note_resident(&self, now: u64) {
+        self.peak_resident.fetch_max(now, Relaxed);
+    }
+}
+
+/// Latency quantiles of one kind of fault, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// Faults of this kind.
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram) -> Latency {
+        Latency {
+            count: h.count(),
+            p50_us: h.quantile(0.5) as f64 / 1e3,
+            p99_us: h.quantile(0.99) as f64 / 1e3,
+            p999_us: h.quantile(0.999) as f64 / 1e3,
+        }
+    }
+}
+
+/// A snapshot of an engine's behaviour since it started (or since [`crate::Engine::reset_stats`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// First touches served with zeros, no far I/O.
+    pub zero_faults: u64,
+    /// Touches of pages that were local but unmapped (recently demoted or prefetched).
+    pub minor_faults: u64,
+    /// Faults that had to wait for the far tier.
+    pub major_faults: u64,
+    /// Faults found already resolved by another thread.
+    pub spurious_faults: u64,
+    /// Pages read from the far tier (major faults and prefetches).
+    pub fetched_pages: u64,
+    /// Pages brought in ahead of use.
+    pub prefetched_pages: u64,
+    /// Prefetched pages touched before eviction.
+    pub prefetch_hits: u64,
+    /// Prefetched pages evicted untouched.
+    pub prefetch_unused: u64,
+    /// Pages evicted from local memory.
+    pub evicted_pages: u64,
+    /// Of those, pages written to the far tier (dirty).
+    pub written_back_pages: u64,
+    /// Of those, pages dropped without I/O because the far copy was current.
+    pub dropped_clean_pages: u64,
+    /// Of those, all-zero pages, which need no far copy.
+    pub evicted_zero_pages: u64,
+    /// Pages unmapped by the reclaimer's sweep to sample references (CLOCK).
+    pub demoted_pages: u64,
+    /// Times a faulting thread had to reclaim because no free frame was left.
+    pub direct_reclaims: u64,
+    /// Pages resident now.
+    pub resident_pages: u64,
+    /// Most pages resident at once.
+    pub peak_resident_pages: u64,
+    /// The budget, in pages.
+    pub budget_pages: u64,
+    /// Pages held by the far tier.
+    pub far_pages: u64,
+    /// Bytes of memory the far tier uses.
+    pub far_bytes: u64,
+    /// `logical / stored` bytes of the far tier.
+    pub far_ratio: f64,
+    /// Major-fault latency (the time a thread waits for far memory).
+    pub major_latency: Latency,
+    /// Minor-fault latency.
+    pub minor_latency: Latency,
+    /// Zero-fill latency.
+    pub zero_latency: Latency,
+}
+
+impl Stats {
+    /// Faults of every kind that trapped.
+    pub fn faults(&self) -> u64 {
+        self.zero_faults + self.minor_faults + self.major_faults + self.spurious_faults
+    }
+
+    /// Prefetched pages used before eviction, over prefetched pages (0 when none).
+    pub fn prefetch_accuracy(&self) -> f64 {
+        if self.prefetched_pages == 0 {
+            0.0
+        } else {
+            self.prefetch_hits as f64 / self.prefetched_pages as f64
+        }
+    }
+
+    /// Share of would-be major faults that a prefetch avoided: hits / (hits + major faults).
+    pub fn prefetch_coverage(&self) -> f64 {
+        let d = self.prefetch_hits + self.major_faults;
+        if d == 0 {
+            0.0
+        } else {
+            self.prefetch_hits as f64 / d as f64
+        }
+    }
+
+    pub(crate) fn from_counters(c: &Counters) -> Stats {
+        let l = |a: &AtomicU64| a.load(Relaxed);
+        Stats {
+            zero_faults: l(&c.zero_faults),
+            minor_faults: l(&c.minor_faults),
+            major_faults: l(&c.major_faults),
+            spurious_faults: l(&c.spurious_faults),
+            fetched_pages: l(&c.fetched),
+            prefetched_pages: l(&c.prefetched),
+            prefetch_hits: l(&c.prefetch_hits),
+            prefetch_unused: l(&c.prefetch_unused),
+            evicted_pages: l(&c.evicted),
+            written_back_pages: l(&c.written_back),
+            dropped_clean_pages: l(&c.dropped_clean),
+            evicted_zero_pages: l(&c.evicted_zero),
+            demoted_pages: l(&c.demoted),
+            direct_reclaims: l(&c.direct_reclaims),
+            peak_resident_pages: l(&c.peak_resident),
+            major_latency: Latency::of(&c.major_latency),
+            minor_latency: Latency::of(&c.minor_latency),
+            zero_latency: Latency::of(&c.zero_latency),
+            ..Stats::default()
+        }
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |pages: u64| pages as f64 * 4096.0 / (1 << 20) as f64;
+        writeln!(
+            f,
+            "faults: {} major, {} minor, {} zero-fill, {} spurious",
+            self.major_faults, self.minor_faults, self.zero_faults, self.spurious_faults
+        )?;
+        writeln!(
+            f,
+            "major fault latency: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
+            self.major_latency.p50_us, self.major_latency.p99_us, self.major_latency.p999_us
+        )?;
+        writeln!(
+            f,
+            "fetched {} pages; prefetched {} (accuracy {:.0}%, coverage {:.0}%)",
+            self.fetched_pages,
+            self.prefetched_pages,
+            self.prefetch_accuracy() * 100.0,
+            self.prefetch_coverage() * 100.0
+        )?;
+        writeln!(
+            f,
+            "evicted {} pages: {} written back, {} clean dropped, {} zero; {} demoted",
+            self.evicted_pages,
+            self.written_back_pages,
+            self.dropped_clean_pages,
+            self.evicted_zero_pages,
+            self.demoted_pages
+        )?;
+        writeln!(
+            f,
+            "resident {:.1} MiB (peak {:.1}) of {:.1} MiB budget; far tier {} pages in {:.1} MiB (ratio {:.2})",
+            mib(self.resident_pages),
+            mib(self.peak_resident_pages),
+            mib(self.budget_pages),
+            self.far_pages,
+            self.far_bytes as f64 / (1 << 20) as f64,
+            self.far_ratio
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn quantiles_of_a_known_distribution() {
+        let h = Histogram::default();
+        for v in 1..=1000u64 {
+            h.record(v * 1000);
+        }
+        let p50 = h.quantile(0.5) as f64;
+        assert!((p50 - 500_000.0).abs() / 500_000.0 < 0.07, "p50 {p50}");
+        let p99 = h.quantile(0.99) as f64;
+        assert!((p99 - 990_000.0).abs() / 990_000.0 < 0.07, "p99 {p99}");
+        assert_eq!(h.count(), 1000);
+        h.reset();
+        assert_eq!(h.quantile(0.5), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn buckets_are_monotonic_and_close(v in 0u64..(1u64 << 39)) {
+            let b = bucket_of(v);
+            prop_assert!(b < NBUCKETS);
+            prop_assert!(bucket_of(v + 1) >= b);
+            let back = value_of(b) as f64;
+            prop_assert!((back - v as f64).abs() <= (v as f64) / 16.0 + 1.0, "{v} -> {b} -> {back}");
+        }
+    }
+}
