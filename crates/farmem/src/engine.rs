@@ -111,6 +111,9 @@ pub(crate) struct Shared {
     pub resident: AtomicUsize,
     pub backend: Arc<dyn Backend>,
     pub policy: Mutex<Box<dyn EvictionPolicy>>,
+    /// Pages that became resident, waiting to be handed to the policy: the fault path
+    /// pushes here without a lock; whoever selects victims drains it first.
+    pub arrivals: crossbeam_queue::ArrayQueue<PageRef>,
     pub regions: RwLock<Vec<Option<Arc<RegionInner>>>>,
     pub counters: Counters,
     pub zapper: Zapper,
@@ -184,6 +187,7 @@ impl Engine {
             resident: AtomicUsize::new(0),
             backend: config.backend.clone(),
             policy: Mutex::new(config.policy.build()),
+            arrivals: crossbeam_queue::ArrayQueue::new(ARRIVALS),
             regions: RwLock::new(Vec::new()),
             counters: Counters::default(),
             zapper: Zapper::new(),
@@ -446,11 +450,21 @@ impl Shared {
         }
     }
 
-    /// Inserts pages into the policy.
+    /// Hands pages that became resident to the policy, without taking its lock unless
+    /// the arrivals queue is full.
     pub(crate) fn policy_insert(&self, refs: &[PageRef]) {
-        let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
         for r in refs {
-            p.insert(*r);
+            if let Err(r) = self.arrivals.push(*r) {
+                let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+                self.drain_arrivals(&mut **p);
+                p.insert(r);
+            }
+        }
+    }
+
+    fn drain_arrivals(&self, p: &mut dyn EvictionPolicy) {
+        while let Some(r) = self.arrivals.pop() {
+            p.insert(r);
         }
     }
 
@@ -469,6 +483,7 @@ impl Shared {
         view.victims.reserve(want);
         {
             let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+            self.drain_arrivals(&mut **p);
             p.select(want, &mut view);
         }
         let View {
@@ -612,6 +627,8 @@ impl Shared {
 }
 
 const DEMOTE_MAX: usize = 512;
+/// Capacity of the lock-free arrivals queue.
+const ARRIVALS: usize = 16384;
 
 /// The policy's view of resident pages during one selection.
 struct View<'a> {

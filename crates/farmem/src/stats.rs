@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug)]
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
 }
 
 const SUB_BITS: u32 = 4;
@@ -22,6 +23,7 @@ impl Default for Histogram {
     fn default() -> Self {
         Histogram {
             buckets: (0..NBUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
         }
     }
 }
@@ -54,6 +56,15 @@ impl Histogram {
     #[inline]
     pub fn record(&self, ns: u64) {
         self.buckets[bucket_of(ns).min(NBUCKETS - 1)].fetch_add(1, Relaxed);
+        self.sum.fetch_add(ns, Relaxed);
+    }
+
+    /// Mean of the values recorded (0 when empty).
+    pub fn mean(&self) -> u64 {
+        self.sum
+            .load(Relaxed)
+            .checked_div(self.count())
+            .unwrap_or(0)
     }
 
     /// Number of values recorded.
@@ -84,6 +95,7 @@ impl Histogram {
         for b in self.buckets.iter() {
             b.store(0, Relaxed);
         }
+        self.sum.store(0, Relaxed);
     }
 }
 
@@ -125,6 +137,8 @@ impl Counters {
 pub struct Latency {
     /// Faults of this kind.
     pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
     /// Median.
     pub p50_us: f64,
     /// 99th percentile.
@@ -137,6 +151,7 @@ impl Latency {
     fn of(h: &Histogram) -> Latency {
         Latency {
             count: h.count(),
+            mean_us: h.mean() as f64 / 1e3,
             p50_us: h.quantile(0.5) as f64 / 1e3,
             p99_us: h.quantile(0.99) as f64 / 1e3,
             p999_us: h.quantile(0.999) as f64 / 1e3,
@@ -256,8 +271,11 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "major fault latency: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
-            self.major_latency.p50_us, self.major_latency.p99_us, self.major_latency.p999_us
+            "major fault latency: mean {:.1} us, p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
+            self.major_latency.mean_us,
+            self.major_latency.p50_us,
+            self.major_latency.p99_us,
+            self.major_latency.p999_us
         )?;
         writeln!(
             f,
@@ -269,12 +287,13 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "evicted {} pages: {} written back, {} clean dropped, {} zero; {} demoted",
+            "evicted {} pages: {} written back, {} clean dropped, {} zero; {} demoted; {} direct reclaims",
             self.evicted_pages,
             self.written_back_pages,
             self.dropped_clean_pages,
             self.evicted_zero_pages,
-            self.demoted_pages
+            self.demoted_pages,
+            self.direct_reclaims
         )?;
         writeln!(
             f,

@@ -34,10 +34,24 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn fill(seed: u8, off: usize, len: usize) -> Vec<u8> {
     // Half the bytes zero so the compressed tier compresses, some pages stay zero.
-    (0..len).map(|i| if (off + i) % 2 == 0 { seed.wrapping_add((off + i) as u8) | 1 } else { 0 }).collect()
+    (0..len)
+        .map(|i| {
+            if (off + i) % 2 == 0 {
+                seed.wrapping_add((off + i) as u8) | 1
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
-fn run(ops: &[Op], mode: FaultMode, policy: PolicyKind, prefetch: PrefetchKind, backend: Arc<dyn Backend>) {
+fn run(
+    ops: &[Op],
+    mode: FaultMode,
+    policy: PolicyKind,
+    prefetch: PrefetchKind,
+    backend: Arc<dyn Backend>,
+) {
     let engine = Engine::builder()
         .local_budget(24 * PAGE)
         .fault_mode(mode)
@@ -61,7 +75,10 @@ fn run(ops: &[Op], mode: FaultMode, policy: PolicyKind, prefetch: PrefetchKind, 
                 let len = len.min(model.len() - off);
                 let mut got = vec![0xAAu8; len];
                 region.read(off, &mut got).unwrap();
-                assert!(got == model[off..off + len], "read {off}+{len} differs from the model after {op:?}");
+                assert!(
+                    got == model[off..off + len],
+                    "read {off}+{len} differs from the model after {op:?}"
+                );
             }
             Op::Prefetch { page, n } => {
                 let n = n.min(PAGES - page);
@@ -69,8 +86,13 @@ fn run(ops: &[Op], mode: FaultMode, policy: PolicyKind, prefetch: PrefetchKind, 
             }
             Op::Advise { page, n, advice } => {
                 let n = n.min(PAGES - page);
-                let advice = [Advice::Normal, Advice::Sequential, Advice::Random, Advice::WillNeed, Advice::DontNeed]
-                    [advice as usize];
+                let advice = [
+                    Advice::Normal,
+                    Advice::Sequential,
+                    Advice::Random,
+                    Advice::WillNeed,
+                    Advice::DontNeed,
+                ][advice as usize];
                 region.advise(page * PAGE, n * PAGE, advice).unwrap();
             }
             Op::Discard { page, n } => {
@@ -85,13 +107,20 @@ fn run(ops: &[Op], mode: FaultMode, policy: PolicyKind, prefetch: PrefetchKind, 
             }
         }
         let st = engine.stats();
-        assert!(st.resident_pages as usize <= budget, "resident {} over budget {budget}", st.resident_pages);
+        assert!(
+            st.resident_pages as usize <= budget,
+            "resident {} over budget {budget}",
+            st.resident_pages
+        );
     }
     // Everything, at the end.
     let mut all = vec![0u8; model.len()];
     region.read(0, &mut all).unwrap();
     for p in 0..PAGES {
-        assert!(all[p * PAGE..(p + 1) * PAGE] == model[p * PAGE..(p + 1) * PAGE], "page {p} differs at the end");
+        assert!(
+            all[p * PAGE..(p + 1) * PAGE] == model[p * PAGE..(p + 1) * PAGE],
+            "page {p} differs at the end"
+        );
     }
     let st = engine.stats();
     assert!(st.peak_resident_pages as usize <= 48);

@@ -12,7 +12,16 @@ const PAGE: usize = 4096;
 /// Each of `threads` threads owns word `t` of every page and writes a counter there, while
 /// all of them read the read-only words 16.. of random pages. Pages are shared by all
 /// threads, so faults on one page race each other and the reclaimer.
-fn hammer(mode: FaultMode, policy: PolicyKind, prefetch: PrefetchKind, backend: Arc<dyn Backend>, pages: usize, budget_pages: usize, threads: usize, rounds: usize) {
+fn hammer(
+    mode: FaultMode,
+    policy: PolicyKind,
+    prefetch: PrefetchKind,
+    backend: Arc<dyn Backend>,
+    pages: usize,
+    budget_pages: usize,
+    threads: usize,
+    rounds: usize,
+) {
     let engine = Engine::builder()
         .local_budget(budget_pages * PAGE)
         .fault_mode(mode)
@@ -25,11 +34,16 @@ fn hammer(mode: FaultMode, policy: PolicyKind, prefetch: PrefetchKind, backend: 
     let region = engine.map(pages * PAGE).unwrap();
     let base = region.as_ptr() as usize;
     // Read-only words: a function of (page, word).
-    let ro = |p: usize, w: usize| ((p as u64) << 20) ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let ro =
+        |p: usize, w: usize| ((p as u64) << 20) ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for p in 0..pages {
         for w in 16..PAGE / 8 {
             // SAFETY: inside the region.
-            unsafe { ((base + p * PAGE) as *mut u64).add(w).write_volatile(ro(p, w)) };
+            unsafe {
+                ((base + p * PAGE) as *mut u64)
+                    .add(w)
+                    .write_volatile(ro(p, w))
+            };
         }
     }
     let failed = Arc::new(AtomicBool::new(false));
@@ -51,15 +65,20 @@ fn hammer(mode: FaultMode, policy: PolicyKind, prefetch: PrefetchKind, backend: 
                         let q = (x as usize) % pages;
                         let w = 16 + (x >> 32) as usize % (PAGE / 8 - 16);
                         // SAFETY: inside the region.
-                        let got = unsafe { ((base + q * PAGE) as *const u64).add(w).read_volatile() };
+                        let got =
+                            unsafe { ((base + q * PAGE) as *const u64).add(w).read_volatile() };
                         if got != ro(q, w) {
                             failed.store(true, Ordering::SeqCst);
-                            panic!("thread {t}: page {q} word {w} read {got:#x}, expected {:#x}", ro(q, w));
+                            panic!(
+                                "thread {t}: page {q} word {w} read {got:#x}, expected {:#x}",
+                                ro(q, w)
+                            );
                         }
                     }
                     for p in 0..pages {
                         // SAFETY: inside the region.
-                        let got = unsafe { ((base + p * PAGE) as *const u64).add(t).read_volatile() };
+                        let got =
+                            unsafe { ((base + p * PAGE) as *const u64).add(t).read_volatile() };
                         if got != round as u64 {
                             failed.store(true, Ordering::SeqCst);
                             panic!("thread {t}: own word of page {p} read {got}, expected {round}");
@@ -71,25 +90,62 @@ fn hammer(mode: FaultMode, policy: PolicyKind, prefetch: PrefetchKind, backend: 
     });
     assert!(!failed.load(Ordering::SeqCst));
     let st = engine.stats();
-    eprintln!("{mode:?} {policy:?} {prefetch:?} {}: {st}", engine.backend_name());
-    assert!(st.peak_resident_pages as usize <= budget_pages, "peak {} over budget {budget_pages}", st.peak_resident_pages);
-    assert!(st.evicted_pages > pages as u64, "the reclaimer must have been busy");
+    eprintln!(
+        "{mode:?} {policy:?} {prefetch:?} {}: {st}",
+        engine.backend_name()
+    );
+    assert!(
+        st.peak_resident_pages as usize <= budget_pages,
+        "peak {} over budget {budget_pages}",
+        st.peak_resident_pages
+    );
+    assert!(
+        st.evicted_pages > pages as u64,
+        "the reclaimer must have been busy"
+    );
     assert!(st.major_faults > 0);
 }
 
 #[test]
 fn sigbus_eight_threads_two_percent_budget() {
-    hammer(FaultMode::Sigbus, PolicyKind::Clock, PrefetchKind::Readahead, Arc::new(Memory::new()), 2048, 40, 8, 3);
+    hammer(
+        FaultMode::Sigbus,
+        PolicyKind::Clock,
+        PrefetchKind::Readahead,
+        Arc::new(Memory::new()),
+        2048,
+        40,
+        8,
+        3,
+    );
 }
 
 #[test]
 fn sigbus_fifo_majority_one_percent_budget() {
-    hammer(FaultMode::Sigbus, PolicyKind::Fifo, PrefetchKind::Majority, Arc::new(Memory::new()), 2048, 20, 6, 3);
+    hammer(
+        FaultMode::Sigbus,
+        PolicyKind::Fifo,
+        PrefetchKind::Majority,
+        Arc::new(Memory::new()),
+        2048,
+        20,
+        6,
+        3,
+    );
 }
 
 #[test]
 fn thread_mode_six_threads_five_percent_budget() {
-    hammer(FaultMode::Thread, PolicyKind::Clock, PrefetchKind::None, Arc::new(Memory::new()), 1024, 51, 6, 2);
+    hammer(
+        FaultMode::Thread,
+        PolicyKind::Clock,
+        PrefetchKind::None,
+        Arc::new(Memory::new()),
+        1024,
+        51,
+        6,
+        2,
+    );
 }
 
 #[test]
@@ -116,7 +172,10 @@ fn budget_changes_while_threads_fault() {
                 }
                 for p in (t..1024).step_by(4) {
                     // SAFETY: inside the region.
-                    assert_eq!(unsafe { ((base + p * PAGE) as *const u64).read_volatile() }, round);
+                    assert_eq!(
+                        unsafe { ((base + p * PAGE) as *const u64).read_volatile() },
+                        round
+                    );
                 }
             });
         }
