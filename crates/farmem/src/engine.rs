@@ -114,14 +114,13 @@ pub(crate) struct Shared {
     /// Pages that became resident, waiting to be handed to the policy: the fault path
     /// pushes here without a lock; whoever selects victims drains it first.
     pub arrivals: crossbeam_queue::ArrayQueue<PageRef>,
+    wants_arrivals: bool,
     pub regions: RwLock<Vec<Option<Arc<RegionInner>>>>,
     pub counters: Counters,
     pub zapper: Zapper,
     pub bufs: BufPool,
     pub config: Config,
     pub fault_mode: FaultMode,
-    reclaimer_sleeping: AtomicBool,
-    reclaimer: Mutex<Option<std::thread::Thread>>,
     shutdown: AtomicBool,
 }
 
@@ -186,6 +185,7 @@ impl Engine {
             budget: AtomicUsize::new(budget),
             resident: AtomicUsize::new(0),
             backend: config.backend.clone(),
+            wants_arrivals: config.policy.build().wants_arrivals(),
             policy: Mutex::new(config.policy.build()),
             arrivals: crossbeam_queue::ArrayQueue::new(ARRIVALS),
             regions: RwLock::new(Vec::new()),
@@ -194,8 +194,6 @@ impl Engine {
             bufs: BufPool::new().map_err(|e| Error::os("mmap fetch buffers", e))?,
             config,
             fault_mode,
-            reclaimer_sleeping: AtomicBool::new(false),
-            reclaimer: Mutex::new(None),
             shutdown: AtomicBool::new(false),
         });
         let s2 = shared.clone();
@@ -203,7 +201,6 @@ impl Engine {
             .name("farmem-reclaim".into())
             .spawn(move || reclaimer_loop(&s2))
             .map_err(|e| Error::os("spawn the reclaimer thread", e))?;
-        *shared.reclaimer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.thread().clone());
         Ok(Engine {
             shared,
             reclaimer: Some(handle),
@@ -327,7 +324,25 @@ fn resolve_mode(mode: FaultMode) -> Result<FaultMode, Error> {
     }
 }
 
+/// How long the reclaimer naps between checks while pages are being faulted in, and
+/// while nothing happens. It is never woken by the fault path: a wake-up costs the
+/// faulting thread a system call, and the scheduler then tends to run the reclaimer on
+/// the faulting thread's CPU, where the two take turns instead of running in parallel.
+/// A timer wake-up keeps it on its own CPU. DESIGN.md has the measurements.
+const NAP_BUSY: Duration = Duration::from_micros(500);
+const NAP_IDLE: Duration = Duration::from_millis(20);
+
 fn reclaimer_loop(s: &Shared) {
+    if let Ok(cpu) = std::env::var("FARMEM_RECLAIM_CPU")
+        && let Ok(cpu) = cpu.parse::<usize>()
+    {
+        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
     let map = match Mapping::anon(BATCH_PAGES * PAGE_SIZE) {
         Ok(m) => m,
         Err(e) => crate::fatal::die_io("could not map the reclaimer's buffer", &e),
@@ -335,30 +350,28 @@ fn reclaimer_loop(s: &Shared) {
     // SAFETY: the mapping is ours, private, and outlives this slice (dropped at the end).
     let buf = unsafe { std::slice::from_raw_parts_mut(map.ptr(), map.len()) };
     let batch = s.config.reclaim_batch;
+    let mut last_resident = usize::MAX;
+    let mut quiet = 0u32;
     while !s.shutdown.load(Relaxed) {
         let budget = s.budget.load(Relaxed);
-        let (low, high) = watermarks(budget);
-        let free = budget.saturating_sub(s.resident.load(Relaxed));
-        if free < low {
-            let mut idle_rounds = 0;
-            while budget.saturating_sub(s.resident.load(Relaxed)) < high
-                && !s.shutdown.load(Relaxed)
-            {
-                if s.evict_some(batch, buf) == 0 {
-                    idle_rounds += 1;
-                    if idle_rounds > 8 {
-                        break;
-                    }
-                    std::thread::yield_now();
-                }
+        let (_, high) = watermarks(budget);
+        let resident = s.resident.load(Relaxed);
+        if budget.saturating_sub(resident) < high {
+            if s.evict_some(batch, buf) == 0 {
+                // Everything is locked or referenced-and-undemotable right now.
+                std::thread::sleep(NAP_BUSY);
             }
+            quiet = 0;
             continue;
         }
-        s.reclaimer_sleeping.store(true, SeqCst);
-        if budget.saturating_sub(s.resident.load(SeqCst)) >= low {
-            std::thread::park_timeout(Duration::from_millis(100));
+        if resident != last_resident {
+            quiet = 0;
+        } else {
+            quiet = quiet.saturating_add(1);
         }
-        s.reclaimer_sleeping.store(false, SeqCst);
+        last_resident = resident;
+        // Busy naps for a while after the last change, then idle ones.
+        std::thread::park_timeout(if quiet < 200 { NAP_BUSY } else { NAP_IDLE });
     }
     drop(map);
 }
@@ -437,22 +450,16 @@ impl Shared {
         }
     }
 
-    fn after_reserve(&self, now: usize, budget: usize) {
+    fn after_reserve(&self, now: usize, _budget: usize) {
         self.counters.note_resident(now as u64);
-        let (low, _) = watermarks(budget);
-        if budget.saturating_sub(now) < low && self.reclaimer_sleeping.swap(false, SeqCst) {
-            // try_lock: the fault path never blocks here; the reclaimer also wakes on its own.
-            if let Ok(t) = self.reclaimer.try_lock()
-                && let Some(t) = t.as_ref()
-            {
-                t.unpark();
-            }
-        }
     }
 
     /// Hands pages that became resident to the policy, without taking its lock unless
     /// the arrivals queue is full.
     pub(crate) fn policy_insert(&self, refs: &[PageRef]) {
+        if !self.wants_arrivals {
+            return;
+        }
         for r in refs {
             if let Err(r) = self.arrivals.push(*r) {
                 let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
@@ -472,38 +479,18 @@ impl Shared {
     /// hold at least `want` pages.
     pub(crate) fn evict_some(&self, want: usize, scratch: &mut [u8]) -> usize {
         let want = want.min(BATCH_PAGES).min(scratch.len() / PAGE_SIZE);
-        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let mut view = View {
-            regions: &regions,
-            demoted: Vec::new(),
-            victims: Vec::new(),
-            counters: &self.counters,
-        };
-        view.demoted.reserve(DEMOTE_MAX);
-        view.victims.reserve(want);
-        {
+        let victims = {
+            let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+            let mut view = View {
+                regions: &regions,
+                victims: Vec::with_capacity(want),
+                shared: self,
+            };
             let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
             self.drain_arrivals(&mut **p);
             p.select(want, &mut view);
-        }
-        let View {
-            demoted, victims, ..
-        } = view;
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(demoted.len());
-        for (r, page, _) in &demoted {
-            iov.push(libc::iovec {
-                iov_base: r.page_addr(*page) as *mut libc::c_void,
-                iov_len: PAGE_SIZE,
-            });
-        }
-        if let Err(e) = self.zapper.zap(&iov) {
-            crate::fatal::die_io("could not unmap pages to sample references (madvise)", &e);
-        }
-        for (r, page, prev) in &demoted {
-            r.states[*page as usize].unlock(prev.with_tag(Tag::Inactive));
-        }
-        Counters::bump(&self.counters.demoted, demoted.len() as u64);
-        drop(regions);
+            view.victims
+        };
         self.evict_locked(victims, scratch)
     }
 
@@ -626,45 +613,36 @@ impl Shared {
     }
 }
 
-const DEMOTE_MAX: usize = 512;
 /// Capacity of the lock-free arrivals queue.
 const ARRIVALS: usize = 16384;
 
 /// The policy's view of resident pages during one selection.
 struct View<'a> {
     regions: &'a [Option<Arc<RegionInner>>],
-    demoted: Vec<(Arc<RegionInner>, u64, State)>,
     victims: Vec<(Arc<RegionInner>, u64, State)>,
-    #[allow(dead_code)]
-    counters: &'a Counters,
+    shared: &'a Shared,
 }
 
 impl View<'_> {
-    fn region(&self, p: PageRef) -> Option<&Arc<RegionInner>> {
+    fn region(&self, id: u32, page: u64) -> Option<&Arc<RegionInner>> {
         self.regions
-            .get(p.region as usize)?
+            .get(id as usize)?
             .as_ref()
-            .filter(|r| p.page < r.pages)
+            .filter(|r| page < r.pages)
     }
 
-    fn lock(&self, p: PageRef, want: &[Tag]) -> Option<(Arc<RegionInner>, State)> {
-        let r = self.region(p)?;
-        let w = &r.states[p.page as usize];
-        let s = w.load();
-        if s.generation() != p.generation || !want.contains(&s.tag()) || !w.try_lock(s) {
-            return None;
-        }
-        Some((r.clone(), s))
+    fn current(p: PageRef, s: State) -> bool {
+        p.generation == PageRef::ANY_GENERATION || s.generation() == p.generation
     }
 }
 
 impl ResidentView for View<'_> {
     fn status(&self, p: PageRef) -> PageStatus {
-        let Some(r) = self.region(p) else {
+        let Some(r) = self.region(p.region, p.page) else {
             return PageStatus::Stale;
         };
         let s = r.states[p.page as usize].load();
-        if s.generation() != p.generation {
+        if !Self::current(p, s) {
             return PageStatus::Stale;
         }
         match s.tag() {
@@ -675,33 +653,77 @@ impl ResidentView for View<'_> {
         }
     }
 
-    fn demote(&mut self, p: PageRef) -> bool {
-        if self.demoted.len() >= DEMOTE_MAX {
+    fn evict(&mut self, p: PageRef) -> bool {
+        let Some(r) = self.region(p.region, p.page) else {
+            return false;
+        };
+        let w = &r.states[p.page as usize];
+        let s = w.load();
+        if !Self::current(p, s) || !s.is_resident() || !w.try_lock(s) {
             return false;
         }
-        match self.lock(p, &[Tag::Active]) {
-            Some((r, s)) => {
-                self.demoted.push((r, p.page, s));
-                true
-            }
-            None => false,
-        }
+        self.victims.push((r.clone(), p.page, s));
+        true
     }
 
-    fn evict(&mut self, p: PageRef) -> bool {
-        match self.lock(p, &[Tag::Active, Tag::Inactive]) {
-            Some((r, s)) => {
-                self.victims.push((r, p.page, s));
-                true
+    fn demote_range(&mut self, region: u32, first: u64, end: u64) -> usize {
+        let Some(r) = self.region(region, first) else {
+            return 0;
+        };
+        let end = end.min(r.pages);
+        // Lock the mapped pages, unmap the whole range with one call (one TLB shootdown;
+        // pages of the range that are not mapped are untouched by it), unlock them as
+        // unreferenced. A page that another thread is filling meanwhile may be unmapped
+        // too: its fault path then finds it ACTIVE but unmapped, and maps it again.
+        let mut locked = [(0u64, State(0)); CHUNK];
+        let mut n = 0;
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        for p in first..end {
+            let w = &r.states[p as usize];
+            let s = w.load();
+            if s.tag() == Tag::Active && w.try_lock(s) {
+                if n == CHUNK {
+                    w.unlock(s);
+                    break;
+                }
+                locked[n] = (p, s);
+                n += 1;
+                lo = lo.min(p);
+                hi = p + 1;
             }
-            None => false,
         }
+        if n == 0 {
+            return 0;
+        }
+        let iov = [libc::iovec {
+            iov_base: r.page_addr(lo) as *mut libc::c_void,
+            iov_len: (hi - lo) as usize * PAGE_SIZE,
+        }];
+        if let Err(e) = self.shared.zapper.zap(&iov) {
+            crate::fatal::die_io("could not unmap pages to sample references (madvise)", &e);
+        }
+        for &(p, s) in &locked[..n] {
+            r.states[p as usize].unlock(s.with_tag(Tag::Inactive));
+        }
+        Counters::bump(&self.shared.counters.demoted, n as u64);
+        n
+    }
+
+    fn region_from(&self, id: u32) -> Option<(u32, u64)> {
+        self.regions
+            .iter()
+            .enumerate()
+            .skip(id as usize)
+            .find_map(|(i, r)| r.as_ref().map(|r| (i as u32, r.pages)))
     }
 
     fn victims(&self) -> usize {
         self.victims.len()
     }
 }
+
+/// Most pages one `demote_range` call handles.
+const CHUNK: usize = crate::policy::CHUNK_PAGES as usize;
 
 /// Fetch buffers for fault paths: 64 slots of [`BATCH_PAGES`] pages, handed out through
 /// an atomic bitmap so that a signal handler can take one without locks or allocation.

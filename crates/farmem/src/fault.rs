@@ -108,8 +108,15 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
         let s = w.wait_unlocked();
         match s.tag() {
             Tag::Active => {
+                // Resolved by another thread, or unmapped by a range demotion while it
+                // was being filled: map it if it is not (EEXIST when it is), then go on.
+                if !w.try_lock(s) {
+                    continue;
+                }
+                let mapped = matches!(r.uffd.cont(page_addr, PAGE_SIZE), Err(FillError::Exists));
+                w.unlock(s);
                 Counters::bump(&c.spurious_faults, 1);
-                if wake {
+                if wake && mapped {
                     let _ = r.uffd.wake(page_addr, PAGE_SIZE);
                 }
                 return;

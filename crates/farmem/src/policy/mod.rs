@@ -1,30 +1,37 @@
 //! Eviction policies: which resident pages go when frames are needed.
 //!
-//! A policy keeps its own order of resident pages ([`PageRef`]s, handed to it by
-//! [`EvictionPolicy::insert`] whenever a page becomes resident) and, when the reclaimer
-//! asks, picks victims through a [`ResidentView`]. The view exposes the only access
+//! A policy picks victims through a [`ResidentView`]. The view exposes the only access
 //! information userspace can get cheaply and exactly on stock Linux: whether a page has
-//! been touched since it was last *demoted*. Demoting a page unmaps it while its data stays
-//! in local memory; its next touch takes a minor fault (about 1.6 us here) that maps it
-//! again. So "mapped" is a real reference bit, and demotion clears it. CLOCK is built on
-//! exactly that; FIFO ignores it.
+//! been touched since it was last *demoted*. Demoting unmaps a page while its data stays in
+//! local memory; its next touch takes a minor fault (about 1.6 us here) that maps it again.
+//! So "mapped" is a real reference bit, and demotion clears it.
+//!
+//! Unmapping a page that another CPU may have in its TLB costs a TLB shootdown: an
+//! inter-processor interrupt, which under virtualisation is a VM exit on both sides, and
+//! for shared-memory pages the kernel sends one per `madvise` range. So the view demotes
+//! whole address ranges at once ([`ResidentView::demote_range`]: one shootdown for up to
+//! 512 pages), and victims should be pages that are already unmapped
+//! ([`PageStatus::Unreferenced`]): evicting those needs no shootdown at all.
+//! [`Clock`] sweeps the address space in 2 MiB chunks and does exactly that; [`Fifo`]
+//! evicts mapped pages in arrival order and pays a shootdown per page (kept for
+//! comparison).
 //!
 //! # Threading and lifecycle
-//! One policy per engine, behind a mutex that the fault path takes briefly to insert, and
-//! the reclaimer (or a faulting thread doing direct reclaim) takes to select. `insert` runs
-//! in signal context: it must not allocate (the engine calls [`EvictionPolicy::reserve`]
-//! with the total page count whenever a region is added). Entries may go stale (the page
-//! was evicted by another route, or its region is gone): the view reports that and the
-//! policy drops them.
+//! One policy per engine, behind a mutex taken by whoever selects victims (the reclaimer,
+//! or a faulting thread doing direct reclaim). Policies that want to see pages arrive
+//! ([`EvictionPolicy::wants_arrivals`]) get them through `insert`, fed from a lock-free
+//! queue that the fault path fills. Entries may go stale (the page was evicted by another
+//! route, or its region is gone): the view reports that and the policy drops them.
 
 mod clock;
 mod fifo;
 
-pub use clock::Clock;
+pub use clock::{CHUNK_PAGES, Clock};
 pub use fifo::Fifo;
 
 /// A resident page as the policy knows it: region, page index and the generation the page
-/// had when it became resident (a mismatch later means the entry is stale).
+/// had when it became resident (a mismatch later means the entry is stale;
+/// [`PageRef::ANY_GENERATION`] matches any).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRef {
     /// Region id.
@@ -35,16 +42,30 @@ pub struct PageRef {
     pub page: u64,
 }
 
+impl PageRef {
+    /// Matches whatever generation the page has now.
+    pub const ANY_GENERATION: u32 = u32::MAX;
+
+    /// A reference to a page in whatever generation it is.
+    pub fn at(region: u32, page: u64) -> PageRef {
+        PageRef {
+            region,
+            generation: Self::ANY_GENERATION,
+            page,
+        }
+    }
+}
+
 /// What the view says about a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageStatus {
-    /// The entry is out of date: drop it.
+    /// Not resident, or the entry is out of date: drop it.
     Stale,
     /// Mapped: touched since it was last demoted (or never demoted).
     Referenced,
     /// Unmapped but local: not touched since it was demoted.
     Unreferenced,
-    /// Another thread holds the page: skip it for now, keep the entry.
+    /// Another thread holds the page: skip it for now.
     Busy,
 }
 
@@ -52,11 +73,13 @@ pub enum PageStatus {
 pub trait ResidentView {
     /// The page's status.
     fn status(&self, page: PageRef) -> PageStatus;
-    /// Clears the page's reference bit (unmaps it, keeping the data). Returns false if the
-    /// page changed state meanwhile or the view cannot take more demotions now.
-    fn demote(&mut self, page: PageRef) -> bool;
     /// Takes the page as a victim. Returns false if it changed state meanwhile.
     fn evict(&mut self, page: PageRef) -> bool;
+    /// Clears the reference bit of every mapped page in `[first, end)` of `region` with
+    /// one TLB shootdown. Returns how many pages it demoted.
+    fn demote_range(&mut self, region: u32, first: u64, end: u64) -> usize;
+    /// The first region with an id at or after `id`, and its size in pages.
+    fn region_from(&self, id: u32) -> Option<(u32, u64)>;
     /// Victims taken so far in this selection.
     fn victims(&self) -> usize;
 }
@@ -65,19 +88,17 @@ pub trait ResidentView {
 pub trait EvictionPolicy: Send + std::fmt::Debug {
     /// A short name (`clock`, `fifo`).
     fn name(&self) -> &'static str;
-    /// Makes room for at least `entries` entries so that `insert` never allocates.
-    fn reserve(&mut self, entries: usize);
-    /// A page became resident.
-    fn insert(&mut self, page: PageRef);
-    /// Takes victims through `view` until `view.victims() >= want` or no candidate is
-    /// left in one pass.
-    fn select(&mut self, want: usize, view: &mut dyn ResidentView);
-    /// Entries held (stale ones included).
-    fn len(&self) -> usize;
-    /// Whether no entry is held.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Whether the policy wants `insert` calls for pages that become resident.
+    fn wants_arrivals(&self) -> bool {
+        false
     }
+    /// Makes room for at least `entries` entries so that `insert` rarely allocates.
+    fn reserve(&mut self, _entries: usize) {}
+    /// A page became resident (only if `wants_arrivals`).
+    fn insert(&mut self, _page: PageRef) {}
+    /// Takes victims through `view` until `view.victims() >= want` or no candidate is
+    /// left in one pass over the resident pages.
+    fn select(&mut self, want: usize, view: &mut dyn ResidentView);
 }
 
 /// The policies farmem ships, by name.
@@ -113,30 +134,42 @@ impl std::str::FromStr for PolicyKind {
 
 #[cfg(test)]
 pub(crate) mod model {
-    //! A scripted view for policy tests.
+    //! A scripted view for policy tests: one region of `pages` pages.
     use super::*;
     use std::collections::HashMap;
 
     #[derive(Default, Debug)]
     pub struct ModelView {
+        pub pages: u64,
         pub state: HashMap<u64, PageStatus>,
         pub demoted: Vec<u64>,
         pub victims_taken: Vec<u64>,
+        pub demote_calls: usize,
     }
 
     impl ResidentView for ModelView {
         fn status(&self, page: PageRef) -> PageStatus {
             *self.state.get(&page.page).unwrap_or(&PageStatus::Stale)
         }
-        fn demote(&mut self, page: PageRef) -> bool {
-            self.demoted.push(page.page);
-            self.state.insert(page.page, PageStatus::Unreferenced);
-            true
-        }
         fn evict(&mut self, page: PageRef) -> bool {
             self.victims_taken.push(page.page);
             self.state.insert(page.page, PageStatus::Stale);
             true
+        }
+        fn demote_range(&mut self, _region: u32, first: u64, end: u64) -> usize {
+            self.demote_calls += 1;
+            let mut n = 0;
+            for p in first..end {
+                if self.state.get(&p) == Some(&PageStatus::Referenced) {
+                    self.state.insert(p, PageStatus::Unreferenced);
+                    self.demoted.push(p);
+                    n += 1;
+                }
+            }
+            n
+        }
+        fn region_from(&self, id: u32) -> Option<(u32, u64)> {
+            (id == 0).then_some((0, self.pages))
         }
         fn victims(&self) -> usize {
             self.victims_taken.len()
