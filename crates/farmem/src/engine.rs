@@ -280,6 +280,11 @@ impl Engine {
         c.zero_latency.reset();
     }
 
+    /// Major faults so far: a cheap counter read, for probes that time single accesses.
+    pub fn major_faults(&self) -> u64 {
+        self.shared.counters.major_faults.load(Relaxed)
+    }
+
     /// How faults are resolved in this engine (`auto` already decided).
     pub fn fault_mode(&self) -> FaultMode {
         self.shared.fault_mode

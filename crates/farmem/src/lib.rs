@@ -34,6 +34,7 @@ mod fault;
 pub mod page;
 pub mod policy;
 pub mod prefetch;
+pub mod probe;
 mod region;
 pub mod stats;
 pub mod sys;

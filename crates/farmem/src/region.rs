@@ -472,7 +472,7 @@ fn registry_add(r: &Arc<RegionInner>) -> Result<(), Error> {
 fn registry_remove(r: &Arc<RegionInner>) {
     let _g = SLOTS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for s in &SLOTS[..SLOTS_HIGH.load(SeqCst)] {
-        if s.region.load(SeqCst) == Arc::as_ptr(r) as *mut RegionInner {
+        if std::ptr::eq(s.region.load(SeqCst), Arc::as_ptr(r)) {
             s.region.store(std::ptr::null_mut(), SeqCst);
             s.base.store(0, SeqCst);
             s.end.store(0, SeqCst);

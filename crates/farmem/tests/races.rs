@@ -12,6 +12,7 @@ const PAGE: usize = 4096;
 /// Each of `threads` threads owns word `t` of every page and writes a counter there, while
 /// all of them read the read-only words 16.. of random pages. Pages are shared by all
 /// threads, so faults on one page race each other and the reclaimer.
+#[allow(clippy::too_many_arguments)] // a test matrix: every knob is a dimension
 fn hammer(
     mode: FaultMode,
     policy: PolicyKind,
@@ -172,10 +173,8 @@ fn budget_changes_while_threads_fault() {
                 }
                 for p in (t..1024).step_by(4) {
                     // SAFETY: inside the region.
-                    assert_eq!(
-                        unsafe { ((base + p * PAGE) as *const u64).read_volatile() },
-                        round
-                    );
+                    let got = unsafe { ((base + p * PAGE) as *const u64).read_volatile() };
+                    assert_eq!(got, round);
                 }
             });
         }

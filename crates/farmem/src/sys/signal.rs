@@ -15,14 +15,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// interrupted code may hold.
 pub type FaultFn = fn(addr: usize, write: bool) -> bool;
 
-static HANDLER: AtomicUsize = AtomicUsize::new(0);
+/// Up to four resolvers (the engine's, and the mechanism probe's), asked in turn.
+static HANDLERS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 static INSTALL: Once = Once::new();
 static mut PREVIOUS: std::mem::MaybeUninit<libc::sigaction> = std::mem::MaybeUninit::uninit();
 static INSTALL_ERR: AtomicUsize = AtomicUsize::new(0);
 
-/// Installs the SIGBUS handler once per process; later calls are no-ops.
+/// Installs the SIGBUS handler once per process and adds `f` to the resolvers it asks
+/// (once: adding the same function again is a no-op).
 pub fn install(f: FaultFn) -> io::Result<()> {
-    HANDLER.store(f as usize, Ordering::Release);
+    let f = f as usize;
+    if !HANDLERS.iter().any(|h| h.load(Ordering::Acquire) == f)
+        && !HANDLERS.iter().any(|h| {
+            h.compare_exchange(0, f, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    {
+        return Err(io::Error::other("too many SIGBUS resolvers in one process"));
+    }
     INSTALL.call_once(|| {
         // SAFETY: a zeroed sigaction is valid; we fill in the handler, flags and mask.
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -73,9 +83,12 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     let saved_errno = errno();
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
-    let f = HANDLER.load(Ordering::Acquire);
-    if f != 0 {
-        // SAFETY: HANDLER only ever holds a FaultFn stored by `install`.
+    for h in &HANDLERS {
+        let f = h.load(Ordering::Acquire);
+        if f == 0 {
+            break;
+        }
+        // SAFETY: HANDLERS only ever hold FaultFns stored by `install`.
         let f: FaultFn = unsafe { std::mem::transmute::<usize, FaultFn>(f) };
         if f(addr, is_write(ctx)) {
             set_errno(saved_errno);

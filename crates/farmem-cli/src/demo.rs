@@ -1,0 +1,263 @@
+//! `farmem demo`: sort an array several times larger than local memory.
+
+use crate::opts;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use farmem::Engine;
+use farmem_bench::linux_swap::{self, SwapBaseline, SwapConfig};
+use std::io::{IsTerminal, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Bytes of 64-bit numbers to sort.
+    #[arg(long, default_value = "1G", value_parser = opts::size)]
+    pub size: u64,
+    /// Local memory budget.
+    #[arg(long = "local-mem", default_value = "256M", value_parser = opts::size)]
+    pub local_mem: u64,
+    /// Far tier: mem, compressed (lz4), compressed:zstd[:LEVEL].
+    #[arg(long, default_value = "compressed")]
+    pub backend: String,
+    /// Skip the Linux-swap comparison.
+    #[arg(long = "no-baseline")]
+    pub no_baseline: bool,
+}
+
+/// The sort, as a job for the Linux-swap child.
+#[derive(Debug, Clone, Copy)]
+pub struct SortJob {
+    pub size_bytes: u64,
+    pub seed: u64,
+}
+
+impl SortJob {
+    pub fn to_json(self) -> String {
+        serde_json::json!({"size_bytes": self.size_bytes, "seed": self.seed}).to_string()
+    }
+
+    pub fn from_json(s: &str) -> Result<SortJob> {
+        let v: serde_json::Value = serde_json::from_str(s)?;
+        Ok(SortJob {
+            size_bytes: v["size_bytes"].as_u64().context("size_bytes")?,
+            seed: v["seed"].as_u64().context("seed")?,
+        })
+    }
+}
+
+/// What a sort took.
+#[derive(Debug, Clone, Copy)]
+pub struct SortResult {
+    pub fill: Duration,
+    pub sort: Duration,
+}
+
+impl SortResult {
+    pub fn to_line(self) -> String {
+        format!(
+            "FARMEM-SORT {} {}",
+            self.fill.as_secs_f64(),
+            self.sort.as_secs_f64()
+        )
+    }
+
+    fn from_output(out: &str) -> Result<SortResult> {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("FARMEM-SORT "))
+            .context("no result line from the child")?;
+        let mut it = line.split_whitespace().map(|x| x.parse::<f64>());
+        let fill = it.next().context("fill")??;
+        let sort = it.next().context("sort")??;
+        Ok(SortResult {
+            fill: Duration::from_secs_f64(fill),
+            sort: Duration::from_secs_f64(sort),
+        })
+    }
+}
+
+fn fill(v: &mut [u64], seed: u64) -> u64 {
+    let mut x = seed | 1;
+    let mut sum = 0u64;
+    for e in v.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *e = x;
+        sum = sum.wrapping_add(x);
+    }
+    sum
+}
+
+fn check(v: &[u64], sum: u64) -> Result<()> {
+    if let Some(i) = v.windows(2).position(|w| w[0] > w[1]) {
+        bail!("the array is not sorted at index {i}: far memory returned wrong data");
+    }
+    if v.iter().fold(0u64, |a, &x| a.wrapping_add(x)) != sum {
+        bail!(
+            "the sorted array's checksum differs from the input's: far memory returned wrong data"
+        );
+    }
+    Ok(())
+}
+
+fn sort_slice(v: &mut [u64], seed: u64) -> Result<SortResult> {
+    let t = Instant::now();
+    let sum = fill(v, seed);
+    let fill_t = t.elapsed();
+    let t = Instant::now();
+    v.sort_unstable();
+    let sort_t = t.elapsed();
+    check(v, sum)?;
+    Ok(SortResult {
+        fill: fill_t,
+        sort: sort_t,
+    })
+}
+
+/// The sort in plain memory (all-local, or inside the Linux-swap cgroup).
+pub fn sort_all_local(job: &SortJob) -> Result<SortResult> {
+    let mut v = vec![0u64; (job.size_bytes / 8) as usize];
+    sort_slice(&mut v, job.seed)
+}
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    opts::check_budget(a.size, a.local_mem)?;
+    let job = SortJob {
+        size_bytes: a.size,
+        seed: 0xFA12_3E37,
+    };
+    println!(
+        "farmem demo: sorting {} of random 64-bit numbers with {} of local memory ({:.1}%) on the {} tier",
+        opts::human(a.size),
+        opts::human(a.local_mem),
+        a.local_mem as f64 * 100.0 / a.size as f64,
+        a.backend
+    );
+
+    // farmem.
+    let engine = Engine::builder()
+        .local_budget(a.local_mem as usize)
+        .backend(opts::backend(&a.backend)?)
+        .build()?;
+    let region = engine.map(a.size as usize)?;
+    let words = region.len() / 8;
+    // SAFETY: the region is `len` bytes of ordinary read-write memory, page aligned, for
+    // as long as `region` lives (until the end of this function); nothing else touches it.
+    let v = unsafe { std::slice::from_raw_parts_mut(region.as_ptr().cast::<u64>(), words) };
+    let done = AtomicBool::new(false);
+    let t_all = Instant::now();
+    let farmem = std::thread::scope(|s| {
+        s.spawn(|| progress(&engine, &done, t_all));
+        let r = sort_slice(v, job.seed);
+        done.store(true, Ordering::Relaxed);
+        r
+    })?;
+    let st = engine.stats();
+    println!(
+        "farmem:     fill {:>6.2}s  sort {:>6.2}s  ({} major faults, fault p50 {:.1} us, peak resident {}, far tier {} at ratio {:.2})",
+        farmem.fill.as_secs_f64(),
+        farmem.sort.as_secs_f64(),
+        st.major_faults,
+        st.major_latency.p50_us,
+        opts::human(st.peak_resident_pages * 4096),
+        opts::human(st.far_bytes),
+        st.far_ratio
+    );
+    drop(region);
+    drop(engine);
+
+    // All-local.
+    let local = sort_all_local(&job)?;
+    println!(
+        "all-local:  fill {:>6.2}s  sort {:>6.2}s",
+        local.fill.as_secs_f64(),
+        local.sort.as_secs_f64()
+    );
+
+    // Linux swap.
+    let mut swap = None;
+    if !a.no_baseline {
+        let cfg = SwapConfig::new(a.local_mem, a.size + a.size / 2 + (64 << 20));
+        match linux_swap::check(&cfg) {
+            Err(e) => println!("linux-swap: skipped ({e})"),
+            Ok(_) => {
+                print!(
+                    "linux-swap: running the same sort in a memory cgroup of {} swapping to zram...",
+                    opts::human(a.local_mem)
+                );
+                let _ = std::io::stdout().flush();
+                let baseline = SwapBaseline::setup(cfg)?;
+                let exe = std::env::current_exe()?;
+                let out = baseline.run(
+                    Command::new(exe)
+                        .arg("__worker")
+                        .arg(crate::worker::Job::Sort(job).to_arg()),
+                )?;
+                baseline.teardown()?;
+                if !out.status.success() {
+                    bail!(
+                        "the Linux-swap child failed ({}): {}",
+                        out.status,
+                        out.stderr.trim()
+                    );
+                }
+                let r = SortResult::from_output(&out.stdout)?;
+                println!(
+                    "\rlinux-swap: fill {:>6.2}s  sort {:>6.2}s  ({} swap-ins)                                   ",
+                    r.fill.as_secs_f64(),
+                    r.sort.as_secs_f64(),
+                    out.stats.pswpin
+                );
+                swap = Some(r);
+            }
+        }
+    }
+    let total = |r: &SortResult| (r.fill + r.sort).as_secs_f64();
+    println!(
+        "result: sorted and verified. farmem took {:.2}x the all-local time{}",
+        total(&farmem) / total(&local),
+        swap.map(|s| format!(
+            " and ran {:.2}x as fast as Linux swap",
+            total(&s) / total(&farmem)
+        ))
+        .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn progress(engine: &Engine, done: &AtomicBool, t0: Instant) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut last = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() < every {
+            continue;
+        }
+        last = Instant::now();
+        let st = engine.stats();
+        let line = format!(
+            "  {:>5.1}s  {} major faults, resident {}, far {} (ratio {:.2})",
+            t0.elapsed().as_secs_f64(),
+            st.major_faults,
+            opts::human(st.resident_pages * 4096),
+            opts::human(st.far_bytes),
+            st.far_ratio
+        );
+        if tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if tty {
+        eprint!("\r{:80}\r", "");
+    }
+}

@@ -1,0 +1,65 @@
+//! The `farmem` command.
+
+mod bench;
+mod demo;
+mod floor;
+mod opts;
+mod worker;
+
+use clap::{Parser, Subcommand};
+
+/// farmem: far memory for unmodified Linux, in userspace, on userfaultfd.
+///
+/// A program keeps only its hot pages in local memory, within a budget; the rest live in
+/// a far tier (compressed or plain process memory for now). Every figure farmem reports
+/// stands beside the Linux kernel's own answer: the same work in a memory cgroup with the
+/// same budget, swapping to zram.
+#[derive(Parser, Debug)]
+#[command(name = "farmem", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Sort an array several times larger than local memory, beside all-local and Linux swap.
+    ///
+    /// The main job on its embedded default: sorts SIZE of random 64-bit numbers in a far
+    /// region with LOCAL_MEM of local memory on the compressed tier, shows progress, checks
+    /// the result, and prints the time beside the same sort all-local and, where the
+    /// machine allows it (root, cgroup v1 memory controller, /dev/zram0), beside Linux
+    /// swapping to zram under the same budget.
+    Demo(demo::DemoArgs),
+    /// The benchmark every figure in BENCHMARKS.md comes from.
+    ///
+    /// Fills a far region of SIZE, then accesses it with PATTERN from THREADS threads for
+    /// SECONDS, under a LOCAL_MEM budget, and reports accesses per second, faults and fault
+    /// latency. With --baseline, each run also does the same access loop all-local and as a
+    /// child process in a memory cgroup capped at the same budget swapping to zram (set up
+    /// and torn down by the bench; root needed). Figures are medians of --runs runs.
+    Bench(bench::BenchArgs),
+    /// The mechanism floor: raw costs of the kernel operations behind a fault, beside
+    /// farmem's own fault latency in each fault mode, measured in the same run.
+    Floor(floor::FloorArgs),
+    /// Internal: runs a workload all-local in this process (the Linux-swap child).
+    #[command(hide = true, name = "__worker")]
+    Worker {
+        /// The job, as JSON.
+        job: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Floor(a) => floor::run(a),
+        Command::Worker { job } => worker::run(&job),
+    };
+    if let Err(e) = result {
+        eprintln!("farmem: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,51 @@
+//! Parsing of the options shared by several commands.
+
+use anyhow::{Context, Result, bail};
+use farmem::backend::{Backend, Compressed, Memory};
+use std::sync::Arc;
+
+/// A size with K/M/G/T suffixes (binary).
+pub fn size(s: &str) -> Result<u64, String> {
+    farmem_bench::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// A far tier by name: `mem`, `compressed` (lz4), `compressed:lz4`, `compressed:zstd`
+/// or `compressed:zstd:LEVEL`.
+pub fn backend(name: &str) -> Result<Arc<dyn Backend>> {
+    Ok(match name {
+        "mem" | "mem:" => Arc::new(Memory::new()),
+        "compressed" | "compressed:" | "compressed:lz4" => Arc::new(Compressed::lz4()),
+        "compressed:zstd" => Arc::new(Compressed::zstd(1)),
+        _ => {
+            if let Some(level) = name.strip_prefix("compressed:zstd:") {
+                let level: i32 = level.parse().with_context(|| {
+                    format!("zstd level `{level}` is not a number (try compressed:zstd:3)")
+                })?;
+                Arc::new(Compressed::zstd(level))
+            } else {
+                bail!(
+                    "unknown backend `{name}`: use mem, compressed, compressed:lz4, compressed:zstd or compressed:zstd:LEVEL"
+                )
+            }
+        }
+    })
+}
+
+/// Human-readable size.
+pub fn human(bytes: u64) -> String {
+    farmem_bench::size::format_size_approx(bytes)
+}
+
+/// Whether the budget is usable for `size`; a clear message otherwise.
+pub fn check_budget(size: u64, local: u64) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(4096) {
+        bail!("--size must be a positive multiple of 4 KiB (got {size} bytes)");
+    }
+    if local < farmem::MIN_BUDGET_PAGES as u64 * 4096 {
+        bail!(
+            "--local-mem must be at least {} KiB",
+            farmem::MIN_BUDGET_PAGES * 4
+        );
+    }
+    Ok(())
+}
