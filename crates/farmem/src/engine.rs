@@ -146,7 +146,7 @@ pub struct Engine {
 
 /// Watermarks in free frames: the reclaimer wakes below `low` and stops at `high`.
 pub(crate) fn watermarks(budget: usize) -> (usize, usize) {
-    let low = (budget / 32).clamp(1, 2048).min(budget / 4).max(1);
+    let low = (budget / 32).max((budget / 8).min(8)).clamp(1, 2048);
     (low, (2 * low).min(budget / 2).max(low))
 }
 

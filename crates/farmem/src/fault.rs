@@ -139,7 +139,7 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
                     let mut cands = Candidates::new();
                     gather(r, page, write, true, &mut cands);
                     if !cands.is_empty() {
-                        prefetch_pages(r, cands.as_slice(), false);
+                        prefetch_pages(r, cands.as_slice());
                     }
                 }
                 return;
@@ -200,8 +200,7 @@ fn gather(r: &RegionInner, page: u64, write: bool, hit: bool, out: &mut Candidat
         }
         _ => {}
     }
-    if !hit
-        && let Ok(h) = r.hook.try_read()
+    if let Ok(h) = r.hook.try_read()
         && let Some(h) = h.as_ref()
     {
         let mut req = PrefetchRequest::new(r.base, r.pages, out);
@@ -235,7 +234,7 @@ fn major(r: &RegionInner, page: u64, s: State, write: bool, t0: Instant) {
     pages[0] = page;
     states[0] = s;
     let mut n = 1 + lock_far(r, cands.as_slice(), &mut pages[1..], &mut states[1..]);
-    let granted = shared.try_reserve(n - 1);
+    let granted = reserve_for_prefetch(shared, n - 1, buf.bytes());
     for i in 1 + granted..n {
         r.states[pages[i] as usize].unlock(states[i]);
     }
@@ -273,6 +272,17 @@ fn major(r: &RegionInner, page: u64, s: State, write: bool, t0: Instant) {
     Counters::bump(&c.fetched, n as u64);
     Counters::bump(&c.prefetched, (n - 1) as u64);
     c.major_latency.record(t0.elapsed().as_nanos() as u64);
+}
+
+/// Frames for `n` prefetched pages: free ones first, then as Linux's readahead does, by
+/// evicting as many older pages (the policy's coldest) as the prefetch needs.
+fn reserve_for_prefetch(shared: &crate::engine::Shared, n: usize, scratch: &mut [u8]) -> usize {
+    let mut granted = shared.try_reserve(n);
+    if granted < n {
+        shared.evict_some(n - granted, scratch);
+        granted += shared.try_reserve(n - granted);
+    }
+    granted
 }
 
 /// Locks the FAR pages among `cands` (no duplicates, none already in `out`); returns how
@@ -346,8 +356,7 @@ fn install_prefetched(
 }
 
 /// Prefetches `cands` without a faulting page (after a prefetch hit, or on request).
-/// `evict`: make room by evicting if no frame is free.
-fn prefetch_pages(r: &RegionInner, cands: &[u64], evict: bool) -> usize {
+fn prefetch_pages(r: &RegionInner, cands: &[u64]) -> usize {
     let shared = &r.shared;
     let mut buf = shared.bufs.acquire();
     let mut pages = [0u64; BATCH_PAGES];
@@ -356,11 +365,7 @@ fn prefetch_pages(r: &RegionInner, cands: &[u64], evict: bool) -> usize {
     if n == 0 {
         return 0;
     }
-    let mut granted = shared.try_reserve(n);
-    if granted < n && evict {
-        shared.evict_some(n - granted, buf.bytes());
-        granted += shared.try_reserve(n - granted);
-    }
+    let granted = reserve_for_prefetch(shared, n, buf.bytes());
     for i in granted..n {
         r.states[pages[i] as usize].unlock(states[i]);
     }
@@ -400,7 +405,7 @@ pub(crate) fn prefetch_range(r: &RegionInner, first: u64, end: u64) {
         for (i, c) in cands[..k].iter_mut().enumerate() {
             *c = p + i as u64;
         }
-        prefetch_pages(r, &cands[..k], true);
+        prefetch_pages(r, &cands[..k]);
         p += k as u64;
     }
 }

@@ -357,8 +357,9 @@ impl Region {
         Ok(())
     }
 
-    /// Registers the prefetch upcall: on every major fault in this region it is called
-    /// with the faulting address and asks for ranges to bring in with it. It runs on the
+    /// Registers the prefetch upcall: on every major fault in this region, and on the first
+    /// touch of every prefetched page, it is called with the faulting address and asks for
+    /// ranges to bring in with it. It runs on the
     /// fault path (in signal context in the in-thread mode): it must not touch far memory,
     /// block or allocate.
     pub fn set_prefetch_hook(

@@ -1,0 +1,340 @@
+//! Behaviour of the library API: zero fill, shared budgets, hints, the prefetch upcall,
+//! kernel access in handler-thread mode, and far tiers that fail or lie.
+
+use farmem::backend::{Backend, Faulty, FaultyMode, Memory};
+use farmem::{Advice, Engine, FaultMode, PrefetchKind};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const PAGE: usize = 4096;
+
+fn engine(budget_pages: usize, prefetch: PrefetchKind) -> Engine {
+    Engine::builder()
+        .local_budget(budget_pages * PAGE)
+        .prefetch(prefetch)
+        .build()
+        .unwrap()
+}
+
+fn write_u64(r: &farmem::Region, page: usize, v: u64) {
+    r.write(page * PAGE, &v.to_ne_bytes()).unwrap();
+}
+
+fn read_u64(r: &farmem::Region, page: usize) -> u64 {
+    let mut b = [0u8; 8];
+    r.read(page * PAGE, &mut b).unwrap();
+    u64::from_ne_bytes(b)
+}
+
+#[test]
+fn first_touch_reads_zeros_without_the_far_tier() {
+    let e = engine(32, PrefetchKind::Readahead);
+    let r = e.map(256 * PAGE).unwrap();
+    let mut buf = vec![0xffu8; 256 * PAGE];
+    r.read(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    let st = e.stats();
+    assert_eq!(
+        st.fetched_pages, 0,
+        "no trip to the far tier for untouched pages"
+    );
+    assert_eq!(st.major_faults, 0);
+    assert!(st.zero_faults >= 256);
+    // All-zero pages cost nothing far either.
+    assert_eq!(st.far_pages, 0);
+    assert!(st.peak_resident_pages <= 32);
+}
+
+#[test]
+fn regions_share_one_budget() {
+    let e = engine(40, PrefetchKind::None);
+    let a = e.map(100 * PAGE).unwrap();
+    let b = e.map(100 * PAGE).unwrap();
+    for p in 0..100 {
+        write_u64(&a, p, p as u64);
+        write_u64(&b, p, 1000 + p as u64);
+    }
+    assert!(a.resident_pages() + b.resident_pages() <= 40);
+    for p in 0..100 {
+        assert_eq!(read_u64(&a, p), p as u64);
+        assert_eq!(read_u64(&b, p), 1000 + p as u64);
+    }
+    assert!(e.stats().peak_resident_pages <= 40);
+    drop(a);
+    // Dropping a region gives its frames back.
+    assert!(e.stats().resident_pages <= b.resident_pages());
+}
+
+#[test]
+fn readahead_cuts_blocking_faults_on_a_scan() {
+    let faults = |prefetch| {
+        let e = engine(64, prefetch);
+        let r = e.map(2048 * PAGE).unwrap();
+        for p in 0..2048 {
+            write_u64(&r, p, p as u64);
+        }
+        e.reset_stats();
+        for p in 0..2048 {
+            assert_eq!(read_u64(&r, p), p as u64);
+        }
+        e.stats()
+    };
+    let none = faults(PrefetchKind::None);
+    let ra = faults(PrefetchKind::Readahead);
+    assert!(none.major_faults >= 1900, "{none}");
+    assert!(
+        ra.major_faults * 4 < none.major_faults,
+        "readahead {} vs none {}",
+        ra.major_faults,
+        none.major_faults
+    );
+    assert!(
+        ra.prefetch_hits > 1500 && ra.prefetch_accuracy() > 0.9,
+        "{ra}"
+    );
+}
+
+#[test]
+fn advice_and_explicit_prefetch() {
+    let e = engine(64, PrefetchKind::Readahead);
+    let r = e.map(1024 * PAGE).unwrap();
+    for p in 0..1024 {
+        write_u64(&r, p, p as u64 * 3);
+    }
+    // Random: no prefetching on a scan of the advised range.
+    r.advise(0, 512 * PAGE, Advice::Random).unwrap();
+    e.reset_stats();
+    for p in 0..200 {
+        assert_eq!(read_u64(&r, p), p as u64 * 3);
+    }
+    assert_eq!(e.stats().prefetched_pages, 0);
+    // WillNeed brings pages in before they are touched.
+    r.advise(600 * PAGE, 20 * PAGE, Advice::WillNeed).unwrap();
+    let before = e.stats();
+    assert!(before.prefetched_pages >= 20);
+    for p in 600..620 {
+        assert_eq!(read_u64(&r, p), p as u64 * 3);
+    }
+    let after = e.stats();
+    assert_eq!(
+        after.major_faults, before.major_faults,
+        "prefetched pages take no major fault"
+    );
+    // DontNeed evicts now, keeping the data.
+    r.advise(600 * PAGE, 20 * PAGE, Advice::DontNeed).unwrap();
+    assert_eq!(
+        (600..620)
+            .filter(|&p| read_u64(&r, p) == p as u64 * 3)
+            .count(),
+        20
+    );
+    // Discard zeroes.
+    r.discard(700 * PAGE, 10 * PAGE).unwrap();
+    assert!((700..710).all(|p| read_u64(&r, p) == 0));
+    assert_eq!(read_u64(&r, 710), 710 * 3);
+}
+
+#[test]
+fn prefetch_upcall_sees_the_faulting_address_and_brings_pages() {
+    let e = engine(64, PrefetchKind::None);
+    let r = e.map(1024 * PAGE).unwrap();
+    for p in 0..1024 {
+        write_u64(&r, p, p as u64);
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let base = r.as_ptr() as usize;
+    let c2 = calls.clone();
+    // A "linked list" whose next node is 7 pages on: the upcall knows it.
+    r.set_prefetch_hook(move |addr, req| {
+        assert!(addr >= base && addr < base + 1024 * PAGE);
+        c2.fetch_add(1, Ordering::Relaxed);
+        req.range(addr + 7 * PAGE, PAGE);
+        req.range(addr + 14 * PAGE, PAGE);
+    });
+    e.reset_stats();
+    let mut p = 0;
+    while p < 1000 {
+        assert_eq!(read_u64(&r, p), p as u64);
+        p += 7;
+    }
+    let st = e.stats();
+    assert!(calls.load(Ordering::Relaxed) > 0);
+    // The upcall runs on major faults and on first touches of prefetched pages, so it
+    // stays ahead of the walk: after the first node, every node was prefetched.
+    assert!(st.prefetch_hits > 130, "{st}");
+    assert!(
+        st.major_faults < 5,
+        "the upcall's pages arrive before they are touched: {st}"
+    );
+    r.clear_prefetch_hook();
+}
+
+#[test]
+fn kernel_reads_and_writes_far_buffers_in_thread_mode() {
+    let e = Engine::builder()
+        .local_budget(32 * PAGE)
+        .fault_mode(FaultMode::Thread)
+        .build()
+        .unwrap();
+    let r = e.map(256 * PAGE).unwrap();
+    let msg: Vec<u8> = (0..3 * PAGE).map(|i| (i % 251) as u8).collect();
+    r.write(10 * PAGE, &msg).unwrap();
+    // Push the buffer out to the far tier.
+    for p in 20..256 {
+        write_u64(&r, p, 1);
+    }
+    r.advise(10 * PAGE, 3 * PAGE, Advice::DontNeed).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // write(2) reads the far buffer in the kernel; read(2) writes another far buffer.
+    // SAFETY: the source range is inside the region.
+    let n = unsafe { libc::write(fds[1], r.as_ptr().add(10 * PAGE).cast(), 3 * PAGE) };
+    assert_eq!(n, 3 * PAGE as isize);
+    r.advise(100 * PAGE, 3 * PAGE, Advice::DontNeed).unwrap();
+    // SAFETY: the destination range is inside the region.
+    let n = unsafe { libc::read(fds[0], r.as_ptr().add(100 * PAGE).cast(), 3 * PAGE) };
+    assert_eq!(n, 3 * PAGE as isize);
+    let mut back = vec![0u8; 3 * PAGE];
+    r.read(100 * PAGE, &mut back).unwrap();
+    assert_eq!(back, msg);
+    // SAFETY: closing our own descriptors.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}
+
+#[test]
+fn bad_budgets_and_ranges_are_refused_clearly() {
+    let err = Engine::builder()
+        .local_budget(4 * PAGE)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("too small") && err.contains("at least"),
+        "{err}"
+    );
+    let e = engine(32, PrefetchKind::None);
+    assert!(e.set_budget(PAGE).is_err());
+    let r = e.map(10 * PAGE).unwrap();
+    let err = r
+        .read(9 * PAGE, &mut [0u8; 2 * PAGE])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the region"), "{err}");
+    assert!(e.map(0).is_err());
+}
+
+// ---- Far tiers that fail: each scenario runs in a child process, which must stop loudly.
+
+const CHILD_ENV: &str = "FARMEM_TEST_CHILD";
+
+fn scenario(mode: FaultyMode) {
+    let tier: Arc<dyn Backend> = Arc::new(Faulty::new(Arc::new(Memory::new()), mode));
+    let e = Engine::builder()
+        .local_budget(32 * PAGE)
+        .backend(tier)
+        .prefetch(PrefetchKind::None)
+        .build()
+        .unwrap();
+    let r = e.map(512 * PAGE).unwrap();
+    for p in 0..512 {
+        write_u64(&r, p, 0xABCD_0000 + p as u64);
+    }
+    for p in 0..512 {
+        let v = read_u64(&r, p);
+        if v != 0xABCD_0000 + p as u64 {
+            println!("WRONG DATA at page {p}: {v:#x}");
+            std::process::exit(3);
+        }
+    }
+    println!("COMPLETED");
+}
+
+#[test]
+fn child_scenario() {
+    // Runs only as the child of the tests below.
+    let Ok(which) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mode = match which.as_str() {
+        "corrupt" => FaultyMode::CorruptFetchAfter(0),
+        "fail-fetch" => FaultyMode::FailFetchAfter(0),
+        "fail-store" => FaultyMode::FailStoreAfter(2),
+        "full" => FaultyMode::Full {
+            capacity_pages: 100,
+        },
+        _ => return,
+    };
+    scenario(mode);
+}
+
+fn run_child(which: &str) -> (Option<i32>, String, String) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            "child_scenario",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ENV, which)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    (
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn assert_loud_stop(which: &str, expect: &[&str]) {
+    let (signal, stdout, stderr) = run_child(which);
+    assert!(
+        !stdout.contains("WRONG DATA"),
+        "{which}: the program saw wrong data:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("COMPLETED"),
+        "{which}: the failure went unnoticed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        signal,
+        Some(libc::SIGABRT),
+        "{which}: expected an abort; stderr:\n{stderr}"
+    );
+    for e in expect {
+        assert!(stderr.contains(e), "{which}: stderr lacks `{e}`:\n{stderr}");
+    }
+}
+
+#[test]
+fn corrupt_far_pages_stop_the_program() {
+    assert_loud_stop(
+        "corrupt",
+        &["farmem: fatal:", "wrong checksum", "faulty(mem)"],
+    );
+}
+
+#[test]
+fn failing_fetches_stop_the_program() {
+    assert_loud_stop(
+        "fail-fetch",
+        &["farmem: fatal:", "failed to fetch pages", "faulty(mem)"],
+    );
+}
+
+#[test]
+fn failing_write_back_stops_the_program() {
+    assert_loud_stop("fail-store", &["farmem: fatal:", "failed to write back"]);
+}
+
+#[test]
+fn a_full_far_tier_stops_the_program() {
+    assert_loud_stop("full", &["farmem: fatal:", "is full"]);
+}
