@@ -292,6 +292,17 @@ fn run_linux_swap(a: &BenchArgs) -> Result<BenchRecord> {
     let exe = std::env::current_exe().context("find the farmem executable")?;
     let job = crate::worker::Job::Workload(workload(a));
     let out = baseline.run(Command::new(exe).arg("__worker").arg(job.to_arg()))?;
+    let oom = crate::opts::oom_kills(baseline.cgroup_path());
+    if oom > 0 {
+        // Linux could not run the workload in this budget: that is a result, not an error.
+        let mut rec =
+            BenchRecord::new(System::LinuxSwap, a.pattern, a.size, a.local_mem, a.threads);
+        rec.set_extra("oom_killed", true);
+        rec.set_extra("pswpin", out.stats.pswpin);
+        rec.set_extra("seconds_before_kill", out.elapsed.as_secs_f64());
+        baseline.teardown()?;
+        return Ok(rec);
+    }
     if !out.status.success() {
         bail!(
             "the Linux-swap child failed ({}): {}",

@@ -16,7 +16,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "1G", value_parser = opts::size)]
     pub size: u64,
     /// Local memory budget.
-    #[arg(long = "local-mem", default_value = "256M", value_parser = opts::size)]
+    #[arg(long = "local-mem", default_value = "128M", value_parser = opts::size)]
     pub local_mem: u64,
     /// Far tier: mem, compressed (lz4), compressed:zstd[:LEVEL].
     #[arg(long, default_value = "compressed")]
@@ -85,8 +85,10 @@ fn fill(v: &mut [u64], seed: u64) -> u64 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        *e = x;
-        sum = sum.wrapping_add(x);
+        // 40-bit keys: random, but with some redundancy for the compressed tier, as
+        // real keys usually have.
+        *e = x >> 24;
+        sum = sum.wrapping_add(x >> 24);
     }
     sum
 }
@@ -189,6 +191,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
                     opts::human(a.local_mem)
                 );
                 let _ = std::io::stdout().flush();
+                // Overwrite the "running" line on a terminal; start a new one otherwise.
+                let cr = if std::io::stdout().is_terminal() {
+                    "\r"
+                } else {
+                    "\n"
+                };
                 let baseline = SwapBaseline::setup(cfg)?;
                 let exe = std::env::current_exe()?;
                 let out = baseline.run(
@@ -196,22 +204,31 @@ pub fn run(a: DemoArgs) -> Result<()> {
                         .arg("__worker")
                         .arg(crate::worker::Job::Sort(job).to_arg()),
                 )?;
+                let oom = opts::oom_kills(baseline.cgroup_path());
                 baseline.teardown()?;
-                if !out.status.success() {
+                swap = if oom > 0 {
+                    println!(
+                        "{cr}linux-swap: the kernel's OOM killer stopped the same sort after {:.1}s: the memory cgroup could not reclaim fast enough swapping to zram ({} swap-ins)",
+                        out.elapsed.as_secs_f64(),
+                        out.stats.pswpin
+                    );
+                    None
+                } else if !out.status.success() {
                     bail!(
                         "the Linux-swap child failed ({}): {}",
                         out.status,
                         out.stderr.trim()
                     );
-                }
-                let r = SortResult::from_output(&out.stdout)?;
-                println!(
-                    "\rlinux-swap: fill {:>6.2}s  sort {:>6.2}s  ({} swap-ins)                                   ",
-                    r.fill.as_secs_f64(),
-                    r.sort.as_secs_f64(),
-                    out.stats.pswpin
-                );
-                swap = Some(r);
+                } else {
+                    let r = SortResult::from_output(&out.stdout)?;
+                    println!(
+                        "{cr}linux-swap: fill {:>6.2}s  sort {:>6.2}s  ({} swap-ins)",
+                        r.fill.as_secs_f64(),
+                        r.sort.as_secs_f64(),
+                        out.stats.pswpin
+                    );
+                    Some(r)
+                };
             }
         }
     }
