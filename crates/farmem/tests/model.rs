@@ -36,7 +36,7 @@ fn fill(seed: u8, off: usize, len: usize) -> Vec<u8> {
     // Half the bytes zero so the compressed tier compresses, some pages stay zero.
     (0..len)
         .map(|i| {
-            if (off + i) % 2 == 0 {
+            if (off + i).is_multiple_of(2) {
                 seed.wrapping_add((off + i) as u8) | 1
             } else {
                 0
