@@ -18,7 +18,7 @@ pub struct DemoArgs {
     /// Local memory budget.
     #[arg(long = "local-mem", default_value = "128M", value_parser = opts::size)]
     pub local_mem: u64,
-    /// Far tier: mem, compressed (lz4), compressed:zstd[:LEVEL].
+    /// Far tier: mem, compressed (lz4), compressed:zstd or compressed:zstd:LEVEL.
     #[arg(long, default_value = "compressed")]
     pub backend: String,
     /// Skip the Linux-swap comparison.
