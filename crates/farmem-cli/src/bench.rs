@@ -143,34 +143,74 @@ fn emit(a: &BenchArgs, r: &BenchRecord) {
     );
 }
 
-fn summary(all: &[BenchRecord]) {
-    let med = |sys: System| {
+/// Medians per system of a set of runs, and the ratios every figure is reported as.
+pub fn summary(all: &[BenchRecord]) {
+    let of = |sys: System, f: &dyn Fn(&BenchRecord) -> Option<f64>| {
         let v: Vec<f64> = all
             .iter()
             .filter(|r| r.system == sys)
-            .map(|r| r.accesses_per_sec)
+            .filter_map(f)
             .collect();
         median(&v)
     };
+    let ok = |r: &BenchRecord| r.extra.get("oom_killed").and_then(|v| v.as_bool()) != Some(true);
+    let aps = |sys| of(sys, &|r: &BenchRecord| ok(r).then_some(r.accesses_per_sec));
     println!("medians:");
     for sys in [System::Farmem, System::AllLocal, System::LinuxSwap] {
-        if let Some(m) = med(sys) {
-            println!("  {:<10} {:>12.0} acc/s", sys.to_string(), m);
+        let n = all.iter().filter(|r| r.system == sys).count();
+        if n == 0 {
+            continue;
         }
+        let killed = all.iter().filter(|r| r.system == sys && !ok(r)).count();
+        if killed == n {
+            println!(
+                "  {:<10} killed by the kernel's OOM killer in all {n} runs",
+                sys.to_string()
+            );
+            continue;
+        }
+        let faults = of(sys, &|r: &BenchRecord| ok(r).then_some(r.faults as f64)).unwrap_or(0.0);
+        let mut line = format!(
+            "  {:<10} {:>12.0} acc/s  {:>10.0} faults",
+            sys.to_string(),
+            aps(sys).unwrap_or(0.0),
+            faults
+        );
+        if let (Some(p50), Some(p99)) = (
+            of(sys, &|r: &BenchRecord| r.fault_p50_us),
+            of(sys, &|r: &BenchRecord| r.fault_p99_us),
+        ) {
+            line += &format!("  fault p50 {p50:.1} us p99 {p99:.1} us");
+        }
+        if killed > 0 {
+            line += &format!("  ({killed} of {n} runs OOM-killed)");
+        }
+        println!("{line}");
     }
-    if let (Some(f), Some(l)) = (med(System::Farmem), med(System::LinuxSwap)) {
+    if let (Some(f), Some(l)) = (aps(System::Farmem), aps(System::LinuxSwap)) {
         println!("  farmem / linux-swap = {:.2}x", f / l);
     }
-    if let (Some(f), Some(l)) = (med(System::Farmem), med(System::AllLocal)) {
+    if let (Some(f), Some(l)) = (aps(System::Farmem), aps(System::AllLocal)) {
         println!("  farmem / all-local  = {:.3}x", f / l);
     }
-    let lru: Vec<f64> = all
-        .iter()
-        .filter(|r| r.system == System::Farmem)
-        .filter_map(|r| r.faults_vs_lru)
-        .collect();
-    if let Some(m) = median(&lru) {
+    let extra = |k: &'static str| {
+        of(System::Farmem, &move |r: &BenchRecord| {
+            r.extra.get(k).and_then(|v| v.as_f64())
+        })
+    };
+    if let Some(m) = of(System::Farmem, &|r: &BenchRecord| r.faults_vs_lru) {
         println!("  farmem faults / exact-LRU misses = {m:.2}");
+    }
+    if let (Some(minor), Some(acc), Some(cov)) = (
+        extra("minor_faults"),
+        extra("prefetch_accuracy"),
+        extra("prefetch_coverage"),
+    ) {
+        println!(
+            "  farmem minor faults {minor:.0}, prefetch accuracy {:.0}%, coverage {:.0}%",
+            acc * 100.0,
+            cov * 100.0
+        );
     }
 }
 
@@ -320,4 +360,24 @@ fn run_linux_swap(a: &BenchArgs) -> Result<BenchRecord> {
     }
     baseline.teardown()?;
     Ok(rec)
+}
+
+/// `farmem summarize`: medians of JSON lines read from stdin.
+pub fn summarize_stdin() -> Result<()> {
+    let mut all = Vec::new();
+    for (i, line) in std::io::stdin().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        all.push(
+            BenchRecord::from_json_line(&line)
+                .with_context(|| format!("line {} is not a bench record", i + 1))?,
+        );
+    }
+    if all.is_empty() {
+        bail!("no bench records on stdin: pipe `farmem bench --json` into it");
+    }
+    summary(&all);
+    Ok(())
 }

@@ -42,6 +42,8 @@ enum Command {
     /// The mechanism floor: raw costs of the kernel operations behind a fault, beside
     /// farmem's own fault latency in each fault mode, measured in the same run.
     Floor(floor::FloorArgs),
+    /// Reads `farmem bench --json` lines on stdin and prints their medians and ratios.
+    Summarize,
     /// Internal: runs a workload all-local in this process (the Linux-swap child).
     #[command(hide = true, name = "__worker")]
     Worker {
@@ -56,6 +58,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Floor(a) => floor::run(a),
+        Command::Summarize => bench::summarize_stdin(),
         Command::Worker { job } => worker::run(&job),
     };
     if let Err(e) = result {
