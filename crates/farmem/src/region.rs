@@ -170,6 +170,10 @@ impl Region {
         let memfd = Memfd::new(c"farmem-region", len)
             .map_err(|e| Error::os("create the region's memfd", e))?;
         let map = memfd.map(len).map_err(|e| Error::os("map the region", e))?;
+        // A forked child must not inherit the mapping: without the userfaultfd
+        // registration, its touches would put zero pages into the parent's page cache.
+        // The child gets no mapping at all (SIGSEGV if it touches the region).
+        map.dont_fork().map_err(|e| Error::os("exclude the region from fork (MADV_DONTFORK)", e))?;
         let mut features = uffd::feature::MISSING_SHMEM | uffd::feature::MINOR_SHMEM;
         if mode == FaultMode::Sigbus {
             features |= uffd::feature::SIGBUS;

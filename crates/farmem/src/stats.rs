@@ -202,7 +202,9 @@ pub struct Stats {
     pub far_bytes: u64,
     /// `logical / stored` bytes of the far tier.
     pub far_ratio: f64,
-    /// Major-fault latency (the time a thread waits for far memory).
+    /// Major-fault latency: time spent in farmem's fault handler, from the handler's
+    /// entry to the page being mapped. The kernel's trap and signal delivery (about 1 us
+    /// here) come on top; `farmem floor` measures the whole round trip.
     pub major_latency: Latency,
     /// Minor-fault latency.
     pub minor_latency: Latency,

@@ -338,3 +338,32 @@ fn failing_write_back_stops_the_program() {
 fn a_full_far_tier_stops_the_program() {
     assert_loud_stop("full", &["farmem: fatal:", "is full"]);
 }
+
+#[test]
+fn a_forked_child_cannot_corrupt_the_parents_far_pages() {
+    let e = engine(32, PrefetchKind::None);
+    let r = e.map(256 * PAGE).unwrap();
+    for p in 0..256 {
+        write_u64(&r, p, 0x1000 + p as u64);
+    }
+    let base = r.as_ptr();
+    // SAFETY: the child only touches memory and exits; both are async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // Page 0 went far long ago. Without MADV_DONTFORK this would put a zero page
+        // into the parent's page cache; with it, the child has no mapping and dies.
+        // SAFETY: deliberately touching the (absent) region in the child.
+        unsafe {
+            std::ptr::write_volatile(base, 1u8);
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV, "status {status:#x}");
+    for p in 0..256 {
+        assert_eq!(read_u64(&r, p), 0x1000 + p as u64, "page {p}");
+    }
+}

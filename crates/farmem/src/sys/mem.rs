@@ -167,6 +167,15 @@ impl Mapping {
         })
     }
 
+    /// Keeps the mapping out of children created by `fork(2)`.
+    pub fn dont_fork(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly this mapping.
+        if unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// First byte.
     pub fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()

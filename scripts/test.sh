@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, docs, and every unit,
+# integration, property and end-to-end test. Installs what it needs itself.
+#
+# Needs: Linux with userfaultfd (5.13+), root (userfaultfd, and the Linux-swap baseline's
+# memory cgroup and zram), and the Rust toolchain. The tests use real userfaultfd, real
+# memfd page caches and, for the baseline, the real cgroup v1 memory controller and zram.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "scripts/test.sh: cargo is not installed; install Rust from your distribution or rustup" >&2
+    exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: warning: not root; userfaultfd and the Linux-swap tests may be refused" >&2
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
+cargo test --workspace
