@@ -15,7 +15,7 @@
 //! bytes per page of region, are not counted).
 
 use crate::backend::{Backend, PAGE_SIZE, PageKey};
-use crate::page::{HAS_FAR, PREFETCHED, State, Tag};
+use crate::page::{HAS_FAR, State, Tag, YOUNG};
 use crate::policy::{EvictionPolicy, PageRef, PageStatus, PolicyKind, ResidentView};
 use crate::region::{Region, RegionInner};
 use crate::stats::{Counters, Stats};
@@ -28,6 +28,8 @@ use std::time::Duration;
 
 /// Pages one eviction batch handles at most (also the fetch buffer size in pages).
 pub(crate) const BATCH_PAGES: usize = 72;
+/// How long `set_budget` waits for locked pages before it reports an error.
+const SHRINK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Smallest budget accepted, in pages: every concurrently faulting thread needs a frame.
 pub const MIN_BUDGET_PAGES: usize = 16;
 
@@ -230,14 +232,19 @@ impl Engine {
         self.shared.policy_reserve(pages);
         self.shared.budget.store(pages, SeqCst);
         let mut buf = self.shared.bufs.acquire();
-        let mut stuck = 0;
+        let start = std::time::Instant::now();
         while self.shared.resident.load(SeqCst) > pages {
             if self.shared.evict_some(BATCH_PAGES, buf.bytes()) == 0 {
-                stuck += 1;
-                if stuck > 1000 {
-                    break; // every page locked by faulting threads: they respect the budget
+                // What is left is locked: pages being evicted by the reclaimer (their frames
+                // come back when its batch ends) or filled by faulting threads.
+                if start.elapsed() > SHRINK_TIMEOUT {
+                    return Err(Error::Busy(format!(
+                        "could not evict down to the new budget of {pages} pages within {}s: {} pages stay locked by faulting threads",
+                        SHRINK_TIMEOUT.as_secs(),
+                        self.shared.resident.load(SeqCst)
+                    )));
                 }
-                std::thread::yield_now();
+                std::thread::sleep(Duration::from_micros(50));
             }
         }
         Ok(())
@@ -579,7 +586,7 @@ impl Shared {
             if let Err(e) = r.memfd.punch(*page as usize * PAGE_SIZE, PAGE_SIZE) {
                 crate::fatal::die_io("could not free an evicted page (fallocate)", &e);
             }
-            if prev.prefetched() {
+            if prev.prefetched() || prev.ahead() {
                 unused += 1;
             }
             let next = if zero[i] {
@@ -597,7 +604,7 @@ impl Shared {
                 }
                 State::new(Tag::Far, HAS_FAR, prev.generation())
             };
-            r.states[*page as usize].unlock(next.with_flags(next.flags() & !PREFETCHED));
+            r.states[*page as usize].unlock(next);
         }
         if nzero_far > 0 {
             self.backend.discard(&zero_keys[..nzero_far]);
@@ -652,6 +659,7 @@ impl ResidentView for View<'_> {
         }
         match s.tag() {
             Tag::Active => PageStatus::Referenced,
+            Tag::Inactive if s.young() => PageStatus::Referenced,
             Tag::Inactive => PageStatus::Unreferenced,
             Tag::Locked => PageStatus::Busy,
             Tag::Far | Tag::Untouched => PageStatus::Stale,
@@ -683,9 +691,17 @@ impl ResidentView for View<'_> {
         let mut locked = [(0u64, State(0)); CHUNK];
         let mut n = 0;
         let (mut lo, mut hi) = (u64::MAX, 0);
+        let mut young = 0;
         for p in first..end {
             let w = &r.states[p as usize];
             let s = w.load();
+            if s.tag() == Tag::Inactive && s.young() {
+                // An unmapped prefetch: its bit is the YOUNG flag, cleared without a zap.
+                if w.replace(s, s.with_flags(s.flags() & !YOUNG)) {
+                    young += 1;
+                }
+                continue;
+            }
             if s.tag() == Tag::Active && w.try_lock(s) {
                 if n == CHUNK {
                     w.unlock(s);
@@ -698,7 +714,7 @@ impl ResidentView for View<'_> {
             }
         }
         if n == 0 {
-            return 0;
+            return young;
         }
         let iov = [libc::iovec {
             iov_base: r.page_addr(lo) as *mut libc::c_void,
@@ -711,7 +727,7 @@ impl ResidentView for View<'_> {
             r.states[p as usize].unlock(s.with_tag(Tag::Inactive));
         }
         Counters::bump(&self.shared.counters.demoted, n as u64);
-        n
+        n + young
     }
 
     fn region_from(&self, id: u32) -> Option<(u32, u64)> {

@@ -19,7 +19,7 @@
 use crate::Advice;
 use crate::backend::{PAGE_SIZE, PageKey};
 use crate::engine::BATCH_PAGES;
-use crate::page::{HAS_FAR, PREFETCHED, State, Tag};
+use crate::page::{AHEAD, HAS_FAR, PREFETCHED, State, Tag, YOUNG};
 use crate::policy::PageRef;
 use crate::prefetch::{Candidates, FaultInfo};
 use crate::region::{PrefetchRequest, RegionInner, next_gen, page_hash};
@@ -131,15 +131,23 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
                     || r.uffd.cont(page_addr, PAGE_SIZE).or_else(ok_if_exists),
                     "mapping a local page (UFFDIO_CONTINUE)",
                 );
-                w.unlock(s.with_tag(Tag::Active).with_flags(s.flags() & !PREFETCHED));
+                w.unlock(
+                    s.with_tag(Tag::Active)
+                        .with_flags(s.flags() & !(PREFETCHED | AHEAD | YOUNG)),
+                );
                 Counters::bump(&c.minor_faults, 1);
                 c.minor_latency.record(t0.elapsed().as_nanos() as u64);
-                if s.prefetched() {
+                if s.ahead() {
+                    // Mapped ahead, demoted before its run's marker was reached, and now
+                    // touched: it was used.
                     Counters::bump(&c.prefetch_hits, 1);
+                }
+                if s.prefetched() {
+                    Counters::bump(&c.prefetch_hits, 1 + confirm_ahead(r, page));
                     let mut cands = Candidates::new();
                     gather(r, page, write, true, &mut cands);
                     if !cands.is_empty() {
-                        prefetch_pages(r, cands.as_slice());
+                        prefetch_pages(r, cands.as_slice(), Some(page));
                     }
                 }
                 return;
@@ -239,33 +247,22 @@ fn major(r: &RegionInner, page: u64, s: State, write: bool, t0: Instant) {
         r.states[pages[i] as usize].unlock(states[i]);
     }
     n = 1 + granted;
+    sort_batch(&mut pages[..n], &mut states[..n]);
     let bytes = &mut buf.bytes()[..n * PAGE_SIZE];
     fetch_verified(r, &pages[..n], bytes);
-    let generation = next_gen(s);
-    // SAFETY: `bytes` is a fetch buffer of ours, outside every registered range.
-    fill(
-        r,
-        page,
-        || unsafe { r.uffd.copy(r.page_addr(page), bytes.as_ptr(), PAGE_SIZE) },
-        "installing a fetched page (UFFDIO_COPY)",
-    );
-    r.states[page as usize].unlock(State::new(Tag::Active, HAS_FAR, generation));
     let mut refs = [PageRef {
         region: r.id,
         generation: 0,
         page: 0,
     }; BATCH_PAGES];
-    refs[0] = PageRef {
-        region: r.id,
-        generation,
-        page,
-    };
-    install_prefetched(
+    install(
         r,
-        &pages[1..n],
-        &states[1..n],
-        &bytes[PAGE_SIZE..],
-        &mut refs[1..n],
+        &pages[..n],
+        &states[..n],
+        bytes,
+        Some(page),
+        true,
+        &mut refs[..n],
     );
     shared.policy_insert(&refs[..n]);
     Counters::bump(&c.major_faults, 1);
@@ -329,34 +326,125 @@ fn fetch_verified(r: &RegionInner, pages: &[u64], out: &mut [u8]) {
     }
 }
 
-/// Writes prefetched pages into local memory unmapped and unlocks them as
-/// INACTIVE|PREFETCHED: their first touch is a minor fault that counts as a hit.
-fn install_prefetched(
+/// Sorts a batch by page, keeping each page's state beside it (at most 72 entries).
+fn sort_batch(pages: &mut [u64], states: &mut [State]) {
+    for i in 1..pages.len() {
+        let mut j = i;
+        while j > 0 && pages[j - 1] > pages[j] {
+            pages.swap(j - 1, j);
+            states.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+}
+
+/// Installs a fetched, verified batch (`pages` sorted, all locked, `data` back to back).
+///
+/// `anchor` is the page the batch is for: the faulting page (`anchor_in_batch`: it is in
+/// the batch and is mapped), or the page whose touch triggered this prefetch. With no
+/// anchor (an explicit `prefetch` or `WillNeed`), every page is installed unmapped.
+///
+/// Each run of consecutive prefetched pages is mapped with one `UFFDIO_COPY`, except
+/// its page farthest from the anchor: that one (the *marker*, like Linux's
+/// `PG_readahead` page) stays unmapped, so a stream that reaches it takes one cheap minor
+/// fault, which confirms the run as used and triggers the next window. A lone prefetched
+/// page is installed unmapped, its own marker. Mapping runs eagerly matters: a minor fault
+/// per prefetched page would cost about as much as the major faults saved.
+fn install(
     r: &RegionInner,
     pages: &[u64],
     states: &[State],
     data: &[u8],
+    anchor: Option<u64>,
+    anchor_in_batch: bool,
     refs: &mut [PageRef],
 ) {
-    for (i, (&p, s)) in pages.iter().zip(states).enumerate() {
-        if let Err(e) = r.memfd.write_at(
-            &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
-            p as usize * PAGE_SIZE,
-        ) {
-            crate::fatal::die_io("could not install a prefetched page (pwrite)", &e);
+    let n = pages.len();
+    let mut i = 0;
+    while i < n {
+        let mut j = i + 1;
+        while anchor.is_some() && j < n && pages[j] == pages[j - 1] + 1 {
+            j += 1;
         }
-        let generation = next_gen(*s);
-        r.states[p as usize].unlock(State::new(Tag::Inactive, HAS_FAR | PREFETCHED, generation));
-        refs[i] = PageRef {
-            region: r.id,
-            generation,
-            page: p,
+        // The run is pages[i..j]. Choose its marker and the part mapped now.
+        let has_anchor =
+            anchor_in_batch && anchor.is_some_and(|a| pages[i] <= a && a <= pages[j - 1]);
+        let marker = match anchor {
+            _ if j - i == 1 => (!has_anchor).then_some(i),
+            Some(a) if pages[j - 1].abs_diff(a) >= pages[i].abs_diff(a) => Some(j - 1),
+            _ => Some(i),
         };
+        let (e0, e1) = match marker {
+            Some(m) if m == j - 1 => (i, j - 1),
+            Some(m) if m == i => (i + 1, j),
+            _ => (i, j),
+        };
+        if e1 > e0 {
+            let src = &data[e0 * PAGE_SIZE..e1 * PAGE_SIZE];
+            // SAFETY: `src` is a fetch buffer of ours, outside every registered range.
+            fill(
+                r,
+                pages[e0],
+                || unsafe { r.uffd.copy(r.page_addr(pages[e0]), src.as_ptr(), src.len()) },
+                "installing fetched pages (UFFDIO_COPY)",
+            );
+        }
+        for k in i..j {
+            let generation = next_gen(states[k]);
+            let next = if Some(k) == marker {
+                if let Err(e) = r.memfd.write_at(
+                    &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE],
+                    pages[k] as usize * PAGE_SIZE,
+                ) {
+                    crate::fatal::die_io("could not install a prefetched page (pwrite)", &e);
+                }
+                State::new(Tag::Inactive, HAS_FAR | PREFETCHED | YOUNG, generation)
+            } else if has_anchor && Some(pages[k]) == anchor {
+                State::new(Tag::Active, HAS_FAR, generation)
+            } else {
+                State::new(Tag::Active, HAS_FAR | AHEAD, generation)
+            };
+            r.states[pages[k] as usize].unlock(next);
+            refs[k] = PageRef {
+                region: r.id,
+                generation,
+                page: pages[k],
+            };
+        }
+        i = j;
     }
 }
 
-/// Prefetches `cands` without a faulting page (after a prefetch hit, or on request).
-fn prefetch_pages(r: &RegionInner, cands: &[u64]) -> usize {
+/// A stream reached the marker `page`: the pages mapped ahead next to it were used.
+/// Returns how many it confirmed.
+fn confirm_ahead(r: &RegionInner, page: u64) -> u64 {
+    let mut n = 0;
+    for down in [true, false] {
+        let mut p = page;
+        loop {
+            p = match (down, p) {
+                (true, 0) => break,
+                (true, p) => p - 1,
+                (false, p) if p + 1 >= r.pages => break,
+                (false, p) => p + 1,
+            };
+            let w = &r.states[p as usize];
+            let s = w.load();
+            if s.tag() != Tag::Active
+                || !s.ahead()
+                || !w.replace(s, s.with_flags(s.flags() & !AHEAD))
+            {
+                break;
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Prefetches `cands` without a faulting page: after a prefetch hit on `anchor`, or on
+/// the application's request (no anchor: installed unmapped).
+fn prefetch_pages(r: &RegionInner, cands: &[u64], anchor: Option<u64>) -> usize {
     let shared = &r.shared;
     let mut buf = shared.bufs.acquire();
     let mut pages = [0u64; BATCH_PAGES];
@@ -372,6 +460,7 @@ fn prefetch_pages(r: &RegionInner, cands: &[u64]) -> usize {
     if granted == 0 {
         return 0;
     }
+    sort_batch(&mut pages[..granted], &mut states[..granted]);
     let bytes = &mut buf.bytes()[..granted * PAGE_SIZE];
     fetch_verified(r, &pages[..granted], bytes);
     let mut refs = [PageRef {
@@ -379,11 +468,13 @@ fn prefetch_pages(r: &RegionInner, cands: &[u64]) -> usize {
         generation: 0,
         page: 0,
     }; BATCH_PAGES];
-    install_prefetched(
+    install(
         r,
         &pages[..granted],
         &states[..granted],
         bytes,
+        anchor,
+        false,
         &mut refs[..granted],
     );
     shared.policy_insert(&refs[..granted]);
@@ -405,7 +496,7 @@ pub(crate) fn prefetch_range(r: &RegionInner, first: u64, end: u64) {
         for (i, c) in cands[..k].iter_mut().enumerate() {
             *c = p + i as u64;
         }
-        prefetch_pages(r, &cands[..k]);
+        prefetch_pages(r, &cands[..k], None);
         p += k as u64;
     }
 }

@@ -146,6 +146,9 @@ pub enum Error {
     /// A bad argument.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The engine could not do it in time (pages stayed locked).
+    #[error("{0}")]
+    Busy(String),
     /// A system call failed.
     #[error("could not {op}: {source}")]
     Os {

@@ -23,7 +23,9 @@
 //! |-------|---------|
 //! | 0..3  | tag: UNTOUCHED, ACTIVE, INACTIVE, FAR, LOCKED |
 //! | 3     | HAS_FAR: the far tier holds a copy whose checksum is in the far-hash table |
-//! | 4     | PREFETCHED: brought in by a prefetch and not touched since |
+//! | 4     | PREFETCHED: brought in by a prefetch, unmapped, and not touched since |
+//! | 5     | AHEAD: mapped ahead of a stream by a prefetch, not yet confirmed used |
+//! | 6     | YOUNG: an unmapped prefetched page the CLOCK hand has not passed yet (its reference bit) |
 //! | 32..64| generation: bumped each time the page becomes resident, so that stale queue entries of the eviction policy can be recognised |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,9 +50,14 @@ pub enum Tag {
 const TAG_MASK: u64 = 0b111;
 /// A valid far copy exists.
 pub const HAS_FAR: u64 = 1 << 3;
-/// Brought in by prefetch, untouched since.
+/// Brought in by prefetch, unmapped, untouched since.
 pub const PREFETCHED: u64 = 1 << 4;
-const FLAG_MASK: u64 = HAS_FAR | PREFETCHED;
+/// Mapped ahead of a stream by a prefetch; cleared when the stream reaches the run's end.
+pub const AHEAD: u64 = 1 << 5;
+/// Prefetched, unmapped, and not yet passed by the CLOCK hand: it gets one lap of grace,
+/// as a mapped page does.
+pub const YOUNG: u64 = 1 << 6;
+const FLAG_MASK: u64 = HAS_FAR | PREFETCHED | AHEAD | YOUNG;
 const GEN_SHIFT: u32 = 32;
 
 /// A decoded page-state word.
@@ -65,6 +72,9 @@ impl std::fmt::Debug for State {
         }
         if self.prefetched() {
             f.write_str("|PREFETCHED")?;
+        }
+        if self.ahead() {
+            f.write_str("|AHEAD")?;
         }
         write!(f, " gen {}", self.generation())
     }
@@ -101,6 +111,16 @@ impl State {
     /// Whether the page came in by prefetch and is untouched.
     pub fn prefetched(self) -> bool {
         self.0 & PREFETCHED != 0
+    }
+
+    /// Whether the page is an unmapped prefetch the CLOCK hand has not passed yet.
+    pub fn young(self) -> bool {
+        self.0 & YOUNG != 0
+    }
+
+    /// Whether the page was mapped ahead of a stream and not yet confirmed used.
+    pub fn ahead(self) -> bool {
+        self.0 & AHEAD != 0
     }
 
     /// The generation.
@@ -155,6 +175,16 @@ impl PageWord {
         debug_assert_eq!(self.load().tag(), Tag::Locked);
         debug_assert_ne!(next.tag(), Tag::Locked);
         self.0.store(next.0, Ordering::Release);
+    }
+
+    /// Replaces an unlocked state with another unlocked one (flag changes that need no
+    /// lock). Returns whether the word still read `seen`.
+    #[inline]
+    pub fn replace(&self, seen: State, next: State) -> bool {
+        debug_assert!(seen.tag() != Tag::Locked && next.tag() != Tag::Locked);
+        self.0
+            .compare_exchange(seen.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Waits until the page is not locked and returns what it then reads.

@@ -173,7 +173,8 @@ impl Region {
         // A forked child must not inherit the mapping: without the userfaultfd
         // registration, its touches would put zero pages into the parent's page cache.
         // The child gets no mapping at all (SIGSEGV if it touches the region).
-        map.dont_fork().map_err(|e| Error::os("exclude the region from fork (MADV_DONTFORK)", e))?;
+        map.dont_fork()
+            .map_err(|e| Error::os("exclude the region from fork (MADV_DONTFORK)", e))?;
         let mut features = uffd::feature::MISSING_SHMEM | uffd::feature::MINOR_SHMEM;
         if mode == FaultMode::Sigbus {
             features |= uffd::feature::SIGBUS;

@@ -362,7 +362,10 @@ fn a_forked_child_cannot_corrupt_the_parents_far_pages() {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV, "status {status:#x}");
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
+        "status {status:#x}"
+    );
     for p in 0..256 {
         assert_eq!(read_u64(&r, p), 0x1000 + p as u64, "page {p}");
     }

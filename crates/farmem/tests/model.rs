@@ -103,7 +103,13 @@ fn run(
             Op::Budget { pages } => {
                 engine.set_budget(pages * PAGE).unwrap();
                 budget = pages;
-                assert!(engine.stats().resident_pages as usize <= budget);
+                let st = engine.stats();
+                assert!(
+                    st.resident_pages as usize <= budget,
+                    "resident {} (region holds {}) over budget {budget} after a budget change",
+                    st.resident_pages,
+                    region.resident_pages()
+                );
             }
         }
         let st = engine.stats();

@@ -250,15 +250,34 @@ impl Uffd {
     /// `src..src+len` must be readable memory of this process that is not in a
     /// userfaultfd-registered range.
     pub unsafe fn copy(&self, dst: usize, src: *const u8, len: usize) -> Result<(), FillError> {
-        let mut c = UffdioCopy {
-            dst: dst as u64,
-            src: src as u64,
-            len: len as u64,
-            mode: 0,
-            copy: 0,
-        };
-        // SAFETY: the caller vouches for `src`; the kernel validates `dst`.
-        fill_result(unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) })
+        let mut done = 0usize;
+        loop {
+            let mut c = UffdioCopy {
+                dst: (dst + done) as u64,
+                src: src as u64 + done as u64,
+                len: (len - done) as u64,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: the caller vouches for `src..src+len`; the kernel validates `dst`.
+            let rc = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let r = fill_result(rc);
+            // A multi-page copy interrupted half-way (EAGAIN) reports what it did: go on
+            // from there rather than redo pages that now exist.
+            if c.copy > 0 {
+                done += c.copy as usize;
+                if done >= len {
+                    return Ok(());
+                }
+                if matches!(r, Err(FillError::Again)) {
+                    continue;
+                }
+            }
+            return r;
+        }
     }
 
     /// Maps zeros into the missing range at `dst`.
