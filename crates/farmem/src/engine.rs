@@ -345,16 +345,6 @@ const NAP_BUSY: Duration = Duration::from_micros(500);
 const NAP_IDLE: Duration = Duration::from_millis(20);
 
 fn reclaimer_loop(s: &Shared) {
-    if let Ok(cpu) = std::env::var("FARMEM_RECLAIM_CPU")
-        && let Ok(cpu) = cpu.parse::<usize>()
-    {
-        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
-    }
     let map = match Mapping::anon(BATCH_PAGES * PAGE_SIZE) {
         Ok(m) => m,
         Err(e) => crate::fatal::die_io("could not map the reclaimer's buffer", &e),
