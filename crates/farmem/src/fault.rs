@@ -8,8 +8,9 @@
 //!                              ├─ UNTOUCHED  lock, reserve a frame, UFFDIO_ZEROPAGE
 //!                              └─ FAR        lock, reserve a frame, ask the prefetchers,
 //!                                            lock the candidates, one batched fetch,
-//!                                            verify checksums, COPY the faulting page,
-//!                                            pwrite the prefetched ones (unmapped)
+//!                                            verify checksums, COPY the faulting page
+//!                                            with the prefetched run next to it, leave
+//!                                            the run's far end unmapped as its marker
 //! ```
 //!
 //! Nothing here sleeps on another thread in the common case: frames come from the free
@@ -78,19 +79,19 @@ pub(crate) fn handler_loop(r: &RegionInner, stop: i32) {
     }
 }
 
-fn fill(r: &RegionInner, page: u64, mut op: impl FnMut() -> Result<(), FillError>, what: &str) {
+/// Runs a fill ioctl until it is done: EAGAIN (the address space is changing) is retried,
+/// EEXIST on a page we hold locked would be a bug in the state machine, anything else is
+/// fatal.
+fn fill(mut op: impl FnMut() -> Result<(), FillError>, what: &str) {
     loop {
         match op() {
             Ok(()) => return,
             Err(FillError::Again) => std::thread::yield_now(),
-            Err(FillError::Exists) => {
-                let _ = (r, page);
-                crate::sys::signal::fatal(&[
-                    b"farmem: fatal: internal error: ",
-                    what.as_bytes(),
-                    b" found the page already present. Please report this bug.\n",
-                ])
-            }
+            Err(FillError::Exists) => crate::sys::signal::fatal(&[
+                b"farmem: fatal: internal error: ",
+                what.as_bytes(),
+                b" found the page already present. Please report this bug.\n",
+            ]),
             Err(FillError::Os(e)) => crate::fatal::die_io(what, &e),
         }
     }
@@ -126,8 +127,6 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
                     continue;
                 }
                 fill(
-                    r,
-                    page,
                     || r.uffd.cont(page_addr, PAGE_SIZE).or_else(ok_if_exists),
                     "mapping a local page (UFFDIO_CONTINUE)",
                 );
@@ -160,8 +159,6 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
                 r.shared.reserve_one(buf.bytes());
                 drop(buf);
                 fill(
-                    r,
-                    page,
                     || r.uffd.zeropage(page_addr, PAGE_SIZE),
                     "zero-filling a page (UFFDIO_ZEROPAGE)",
                 );
@@ -383,8 +380,6 @@ fn install(
             let src = &data[e0 * PAGE_SIZE..e1 * PAGE_SIZE];
             // SAFETY: `src` is a fetch buffer of ours, outside every registered range.
             fill(
-                r,
-                pages[e0],
                 || unsafe { r.uffd.copy(r.page_addr(pages[e0]), src.as_ptr(), src.len()) },
                 "installing fetched pages (UFFDIO_COPY)",
             );
