@@ -238,33 +238,18 @@ fn major(r: &RegionInner, page: u64, s: State, write: bool, t0: Instant) {
     let mut states = [State(0); BATCH_PAGES];
     pages[0] = page;
     states[0] = s;
-    let mut n = 1 + lock_far(r, cands.as_slice(), &mut pages[1..], &mut states[1..]);
-    let granted = reserve_for_prefetch(shared, n - 1, buf.bytes());
-    for i in 1 + granted..n {
-        r.states[pages[i] as usize].unlock(states[i]);
-    }
-    n = 1 + granted;
-    sort_batch(&mut pages[..n], &mut states[..n]);
-    let bytes = &mut buf.bytes()[..n * PAGE_SIZE];
-    fetch_verified(r, &pages[..n], bytes);
-    let mut refs = [PageRef {
-        region: r.id,
-        generation: 0,
-        page: 0,
-    }; BATCH_PAGES];
-    install(
+    let locked = 1 + lock_far(r, cands.as_slice(), &mut pages[1..], &mut states[1..]);
+    bring_in(
         r,
-        &pages[..n],
-        &states[..n],
-        bytes,
+        buf.bytes(),
+        &mut pages,
+        &mut states,
+        1,
+        locked,
         Some(page),
         true,
-        &mut refs[..n],
     );
-    shared.policy_insert(&refs[..n]);
     Counters::bump(&c.major_faults, 1);
-    Counters::bump(&c.fetched, n as u64);
-    Counters::bump(&c.prefetched, (n - 1) as u64);
     c.major_latency.record(t0.elapsed().as_nanos() as u64);
 }
 
@@ -440,24 +425,42 @@ fn confirm_ahead(r: &RegionInner, page: u64) -> u64 {
 /// Prefetches `cands` without a faulting page: after a prefetch hit on `anchor`, or on
 /// the application's request (no anchor: installed unmapped).
 fn prefetch_pages(r: &RegionInner, cands: &[u64], anchor: Option<u64>) -> usize {
-    let shared = &r.shared;
-    let mut buf = shared.bufs.acquire();
+    let mut buf = r.shared.bufs.acquire();
     let mut pages = [0u64; BATCH_PAGES];
     let mut states = [State(0); BATCH_PAGES];
     let n = lock_far(r, cands, &mut pages, &mut states);
     if n == 0 {
         return 0;
     }
-    let granted = reserve_for_prefetch(shared, n, buf.bytes());
-    for i in granted..n {
+    bring_in(r, buf.bytes(), &mut pages, &mut states, 0, n, anchor, false)
+}
+
+/// The common tail of every fetch: `pages[..n]` are locked; the first `framed` already
+/// have frames, the rest are prefetch candidates that get frames if they can (evicting for
+/// them as readahead does) and are released otherwise. Then one batched, verified fetch
+/// and the install. Returns how many pages came in.
+#[allow(clippy::too_many_arguments)] // the batch is passed as its parts, all on the stack
+fn bring_in(
+    r: &RegionInner,
+    scratch: &mut [u8],
+    pages: &mut [u64; BATCH_PAGES],
+    states: &mut [State; BATCH_PAGES],
+    framed: usize,
+    n: usize,
+    anchor: Option<u64>,
+    anchor_in_batch: bool,
+) -> usize {
+    let shared = &r.shared;
+    let got = framed + reserve_for_prefetch(shared, n - framed, scratch);
+    for i in got..n {
         r.states[pages[i] as usize].unlock(states[i]);
     }
-    if granted == 0 {
+    if got == 0 {
         return 0;
     }
-    sort_batch(&mut pages[..granted], &mut states[..granted]);
-    let bytes = &mut buf.bytes()[..granted * PAGE_SIZE];
-    fetch_verified(r, &pages[..granted], bytes);
+    sort_batch(&mut pages[..got], &mut states[..got]);
+    let bytes = &mut scratch[..got * PAGE_SIZE];
+    fetch_verified(r, &pages[..got], bytes);
     let mut refs = [PageRef {
         region: r.id,
         generation: 0,
@@ -465,18 +468,18 @@ fn prefetch_pages(r: &RegionInner, cands: &[u64], anchor: Option<u64>) -> usize 
     }; BATCH_PAGES];
     install(
         r,
-        &pages[..granted],
-        &states[..granted],
+        &pages[..got],
+        &states[..got],
         bytes,
         anchor,
-        false,
-        &mut refs[..granted],
+        anchor_in_batch,
+        &mut refs[..got],
     );
-    shared.policy_insert(&refs[..granted]);
+    shared.policy_insert(&refs[..got]);
     let c = &shared.counters;
-    Counters::bump(&c.fetched, granted as u64);
-    Counters::bump(&c.prefetched, granted as u64);
-    granted
+    Counters::bump(&c.fetched, got as u64);
+    Counters::bump(&c.prefetched, (got - framed) as u64);
+    got
 }
 
 /// Brings `[first, end)` in (the application asked: `prefetch` or `WillNeed`), at most
@@ -487,14 +490,32 @@ pub(crate) fn prefetch_range(r: &RegionInner, first: u64, end: u64) {
     let mut p = first;
     let mut cands = [0u64; BATCH_PAGES - 1];
     while p < end {
-        let k = ((end - p) as usize).min(cands.len());
-        for (i, c) in cands[..k].iter_mut().enumerate() {
-            *c = p + i as u64;
+        let chunk_end = (p + cands.len() as u64).min(end);
+        // Pages still far after a pass were skipped because they were locked (being
+        // evicted, say) or no frame could be freed for them just then: try again a few
+        // times, since the application asked for them explicitly.
+        for attempt in 0..PREFETCH_ATTEMPTS {
+            let mut k = 0;
+            for q in p..chunk_end {
+                let t = r.states[q as usize].load().tag();
+                if t == Tag::Far || t == Tag::Locked {
+                    cands[k] = q;
+                    k += 1;
+                }
+            }
+            if k == 0 {
+                break;
+            }
+            if prefetch_pages(r, &cands[..k], None) < k && attempt + 1 < PREFETCH_ATTEMPTS {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
         }
-        prefetch_pages(r, &cands[..k], None);
-        p += k as u64;
+        p = chunk_end;
     }
 }
+
+/// Passes an explicit prefetch makes over pages it could not bring in at once.
+const PREFETCH_ATTEMPTS: usize = 4;
 
 /// Evicts `[first, end)` now (`DontNeed`): dirty pages are written back, data is kept.
 pub(crate) fn evict_range(r: &RegionInner, first: u64, end: u64) {
