@@ -17,6 +17,7 @@
 use crate::backend::{Backend, PAGE_SIZE, PageKey};
 use crate::page::{HAS_FAR, State, Tag, YOUNG};
 use crate::policy::{EvictionPolicy, PageRef, PageStatus, PolicyKind, ResidentView};
+use crate::prefetch::Prefetcher;
 use crate::region::{Region, RegionInner};
 use crate::stats::{Counters, Stats};
 use crate::sys::mem::{Mapping, Zapper};
@@ -50,6 +51,32 @@ pub struct Config {
     pub handler_threads: usize,
     /// Pages evicted per batch by the reclaimer.
     pub reclaim_batch: usize,
+    /// Your own eviction policy, used instead of `policy` when set.
+    pub custom_policy: Option<Factory<dyn EvictionPolicy>>,
+    /// Your own prefetcher (one per region), used instead of `prefetch` when set.
+    pub custom_prefetcher: Option<Factory<dyn Prefetcher>>,
+}
+
+/// Makes a fresh policy or prefetcher: how your own plug into an engine.
+pub struct Factory<T: ?Sized>(Arc<dyn Fn() -> Box<T> + Send + Sync>);
+
+impl<T: ?Sized> Factory<T> {
+    /// Makes one.
+    pub fn make(&self) -> Box<T> {
+        (self.0)()
+    }
+}
+
+impl<T: ?Sized> Clone for Factory<T> {
+    fn clone(&self) -> Self {
+        Factory(self.0.clone())
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for Factory<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Factory(custom)")
+    }
 }
 
 /// Builds an [`Engine`].
@@ -74,6 +101,26 @@ impl Builder {
     /// The eviction policy (default: CLOCK).
     pub fn policy(mut self, policy: PolicyKind) -> Builder {
         self.config.policy = policy;
+        self
+    }
+
+    /// Your own eviction policy: `make` is called once, when the engine starts. See
+    /// [`crate::policy`] for the contract a policy keeps.
+    pub fn custom_policy(
+        mut self,
+        make: impl Fn() -> Box<dyn EvictionPolicy> + Send + Sync + 'static,
+    ) -> Builder {
+        self.config.custom_policy = Some(Factory(Arc::new(make)));
+        self
+    }
+
+    /// Your own prefetcher: `make` is called once per region. See [`crate::prefetch`] for
+    /// the contract a prefetcher keeps.
+    pub fn custom_prefetcher(
+        mut self,
+        make: impl Fn() -> Box<dyn Prefetcher> + Send + Sync + 'static,
+    ) -> Builder {
+        self.config.custom_prefetcher = Some(Factory(Arc::new(make)));
         self
     }
 
@@ -164,6 +211,8 @@ impl Engine {
                 fault_mode: FaultMode::Auto,
                 handler_threads: 1,
                 reclaim_batch: 64,
+                custom_policy: None,
+                custom_prefetcher: None,
             },
         }
     }
@@ -183,12 +232,16 @@ impl Engine {
             });
         }
         let fault_mode = resolve_mode(config.fault_mode)?;
+        let policy = match &config.custom_policy {
+            Some(f) => f.make(),
+            None => config.policy.build(),
+        };
         let shared = Arc::new(Shared {
             budget: AtomicUsize::new(budget),
             resident: AtomicUsize::new(0),
             backend: config.backend.clone(),
-            wants_arrivals: config.policy.build().wants_arrivals(),
-            policy: Mutex::new(config.policy.build()),
+            wants_arrivals: policy.wants_arrivals(),
+            policy: Mutex::new(policy),
             arrivals: crossbeam_queue::ArrayQueue::new(ARRIVALS),
             regions: RwLock::new(Vec::new()),
             counters: Counters::default(),
@@ -358,8 +411,10 @@ fn reclaimer_loop(s: &Shared) {
         let budget = s.budget.load(Relaxed);
         let (_, high) = watermarks(budget);
         let resident = s.resident.load(Relaxed);
-        if budget.saturating_sub(resident) < high {
-            if s.evict_some(batch, buf) == 0 {
+        let free = budget.saturating_sub(resident);
+        if free < high {
+            // Ask the policy for what is missing, no more: a batch, or less near the mark.
+            if s.evict_some(batch.min(high - free), buf) == 0 {
                 // Everything is locked or referenced-and-undemotable right now.
                 std::thread::sleep(NAP_BUSY);
             }
@@ -435,7 +490,10 @@ impl Shared {
         let mut tries = 0u32;
         while self.try_reserve(1) == 0 {
             Counters::bump(&self.counters.direct_reclaims, 1);
-            if self.evict_some(16, scratch) == 0 {
+            // A few pages at a time, to amortise the selection, but never a large share
+            // of a small budget.
+            let want = (self.budget.load(Relaxed) / 256).clamp(1, 16);
+            if self.evict_some(want, scratch) == 0 {
                 tries += 1;
                 if tries > 64 {
                     // Everything resident is locked by other faulting threads: let them finish.

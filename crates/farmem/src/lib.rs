@@ -39,7 +39,7 @@ mod region;
 pub mod stats;
 pub mod sys;
 
-pub use engine::{Builder, Config, Engine, MIN_BUDGET_PAGES};
+pub use engine::{Builder, Config, Engine, Factory, MIN_BUDGET_PAGES};
 pub use region::{PrefetchHook, PrefetchRequest, Region};
 pub use stats::{Latency, Stats};
 

@@ -186,11 +186,13 @@ impl Region {
             uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_MINOR,
         )
         .map_err(|e| Error::os("register the region with userfaultfd", e))?;
-        let prefetcher: Box<dyn Prefetcher> = match shared.config.prefetch {
-            PrefetchKind::None => Box::new(NoPrefetch),
-            PrefetchKind::Readahead => Box::<Readahead>::default(),
-            PrefetchKind::Majority => Box::<Majority>::default(),
-        };
+        let prefetcher: Box<dyn Prefetcher> =
+            match (&shared.config.custom_prefetcher, shared.config.prefetch) {
+                (Some(f), _) => f.make(),
+                (None, PrefetchKind::None) => Box::new(NoPrefetch),
+                (None, PrefetchKind::Readahead) => Box::<Readahead>::default(),
+                (None, PrefetchKind::Majority) => Box::<Majority>::default(),
+            };
         let mut regions = shared.regions.write().unwrap_or_else(|e| e.into_inner());
         let id = match regions.iter().position(Option::is_none) {
             Some(i) => i,
