@@ -413,8 +413,11 @@ fn reclaimer_loop(s: &Shared) {
         let resident = s.resident.load(Relaxed);
         let free = budget.saturating_sub(resident);
         if free < high {
-            // Ask the policy for what is missing, no more: a batch, or less near the mark.
-            if s.evict_some(batch.min(high - free), buf) == 0 {
+            // Full batches keep the selection cheap (see `Clock`); on a small budget a
+            // batch is capped at an eighth of it, so that the policy is not asked to evict
+            // far more than is missing.
+            let want = (high - free).max(batch.min(budget / 8)).clamp(1, batch);
+            if s.evict_some(want, buf) == 0 {
                 // Everything is locked or referenced-and-undemotable right now.
                 std::thread::sleep(NAP_BUSY);
             }
