@@ -36,59 +36,35 @@ impl Memfd {
 
     /// Copies the page at byte `offset` out of the page cache into `buf`, without mapping it.
     pub fn read_at(&self, buf: &mut [u8], offset: usize) -> io::Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
+        let fd = self.fd.as_raw_fd();
+        all_of(buf.len(), |done| {
             // SAFETY: buf[done..] is valid for writes of the remaining length.
-            let n = unsafe {
+            unsafe {
                 libc::pread(
-                    self.fd.as_raw_fd(),
+                    fd,
                     buf[done..].as_mut_ptr().cast(),
                     buf.len() - done,
                     (offset + done) as libc::off_t,
                 )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
             }
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "memfd shorter than region",
-                ));
-            }
-            done += n as usize;
-        }
-        Ok(())
+        })
     }
 
     /// Writes `buf` into the page cache at byte `offset` without mapping it (installs a
     /// prefetched page unmapped: its first touch is a minor fault).
     pub fn write_at(&self, buf: &[u8], offset: usize) -> io::Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
+        let fd = self.fd.as_raw_fd();
+        all_of(buf.len(), |done| {
             // SAFETY: buf[done..] is valid for reads of the remaining length.
-            let n = unsafe {
+            unsafe {
                 libc::pwrite(
-                    self.fd.as_raw_fd(),
+                    fd,
                     buf[done..].as_ptr().cast(),
                     buf.len() - done,
                     (offset + done) as libc::off_t,
                 )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
             }
-            done += n as usize;
-        }
-        Ok(())
+        })
     }
 
     /// Frees `[offset, offset+len)`: the pages go back to the kernel, reads see zeros.
@@ -130,6 +106,30 @@ impl Memfd {
             len,
         })
     }
+}
+
+/// Repeats a positional read or write (`op(done)` returns what the system call did) until
+/// `len` bytes are done, retrying EINTR; the memfd never ends early, so 0 is an error.
+fn all_of(len: usize, mut op: impl FnMut(usize) -> isize) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let n = op(done);
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "memfd shorter than the region",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// A mapping owned by this value; unmapped on drop.
