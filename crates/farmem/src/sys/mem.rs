@@ -102,7 +102,7 @@ impl Memfd {
             return Err(io::Error::last_os_error());
         }
         Ok(Mapping {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
+            ptr: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?,
             len,
         })
     }
@@ -162,7 +162,7 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         Ok(Mapping {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"),
+            ptr: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?,
             len,
         })
     }
