@@ -668,12 +668,6 @@ impl Shared {
         Counters::bump(&c.evicted_zero, nzero);
         Counters::bump(&c.prefetch_unused, unused);
     }
-
-    /// Wakes everything that waits on the engine (used on shutdown paths).
-    #[allow(dead_code)]
-    pub(crate) fn shutting_down(&self) -> bool {
-        self.shutdown.load(Relaxed)
-    }
 }
 
 /// Capacity of the lock-free arrivals queue.

@@ -26,7 +26,6 @@ use crate::prefetch::{Candidates, FaultInfo};
 use crate::region::{PrefetchRequest, RegionInner, next_gen, page_hash};
 use crate::stats::Counters;
 use crate::sys::uffd::{self, FillError, UffdMsg};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The SIGBUS entry point (see `sys::signal`).
@@ -574,10 +573,4 @@ pub(crate) fn discard_range(r: &RegionInner, first: u64, end: u64) {
     }
     shared.release_frames(freed);
     shared.backend.discard(&far);
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn f<T: Send + Sync>() {}
-    f::<Arc<RegionInner>>();
 }

@@ -11,7 +11,7 @@
 
 use crate::backend::{PAGE_SIZE, PageKey};
 use crate::engine::Shared;
-use crate::page::{PageWord, State, Tag};
+use crate::page::{PageWord, State};
 use crate::prefetch::{Candidates, Majority, NoPrefetch, Prefetcher, Readahead};
 use crate::sys::mem::{Mapping, Memfd};
 use crate::sys::uffd::{self, Uffd};
@@ -520,9 +520,4 @@ pub(crate) fn with_region_at<T>(addr: usize, f: impl FnOnce(&RegionInner) -> T) 
 #[inline]
 pub(crate) fn next_gen(s: State) -> u32 {
     s.generation().wrapping_add(1)
-}
-
-#[allow(dead_code)]
-pub(crate) fn is_tag(s: State, t: Tag) -> bool {
-    s.tag() == t
 }
