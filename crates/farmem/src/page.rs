@@ -149,9 +149,48 @@ impl State {
     }
 }
 
-/// The state word of one page.
+/// The state word of one page. All-zero bytes are a valid word (UNTOUCHED, generation 0),
+/// so tables of them can come from lazily zeroed memory.
 #[derive(Debug, Default)]
+#[repr(transparent)]
 pub struct PageWord(AtomicU64);
+
+/// Marks types whose all-zero bytes are a valid value.
+///
+/// # Safety
+/// An implementor must be valid when every byte is zero.
+pub(crate) unsafe trait Zeroable: Sized {}
+
+// SAFETY: AtomicU64 has the layout of u64; zero is a valid u64.
+unsafe impl Zeroable for AtomicU64 {}
+// SAFETY: PageWord is a transparent AtomicU64, and zero is UNTOUCHED, generation 0.
+unsafe impl Zeroable for PageWord {}
+
+/// A table of `n` zeroed values. The memory comes from the allocator's zeroed path
+/// (fresh anonymous pages for large tables), so a huge, sparsely used region costs
+/// memory only for the parts of its tables that are touched.
+/// `None` if the memory cannot be had.
+pub(crate) fn zeroed_table<T: Zeroable>(n: usize) -> Option<Box<[T]>> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return Some(
+            (0..n)
+                .map(|_| {
+                    // SAFETY: T is Zeroable, so the all-zero value is valid.
+                    unsafe { std::mem::zeroed() }
+                })
+                .collect(),
+        );
+    }
+    let layout = std::alloc::Layout::array::<T>(n).ok()?;
+    // SAFETY: layout has a non-zero size (n > 0, T not zero-sized).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: ptr points to n zeroed, properly aligned T, valid because T is Zeroable, and
+    // was allocated by the global allocator with the layout of [T; n], as Box expects.
+    Some(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) })
+}
 
 impl PageWord {
     /// Reads the state.

@@ -11,7 +11,7 @@
 
 use crate::backend::{PAGE_SIZE, PageKey};
 use crate::engine::Shared;
-use crate::page::{PageWord, State};
+use crate::page::{PageWord, State, zeroed_table};
 use crate::prefetch::{Candidates, Majority, NoPrefetch, Prefetcher, Readahead};
 use crate::sys::mem::{Mapping, Memfd};
 use crate::sys::uffd::{self, Uffd};
@@ -167,6 +167,14 @@ impl Region {
             )));
         }
         let mode = shared.fault_mode;
+        let no_tables = || {
+            Error::InvalidArgument(format!(
+                "cannot allocate the page tables of a {len}-byte region ({} bytes of farmem metadata): map a smaller region",
+                pages * 24
+            ))
+        };
+        let states = zeroed_table(pages as usize).ok_or_else(no_tables)?;
+        let far_hashes = zeroed_table(pages as usize * 2).ok_or_else(no_tables)?;
         let memfd = Memfd::new(c"farmem-region", len)
             .map_err(|e| Error::os("create the region's memfd", e))?;
         let map = memfd.map(len).map_err(|e| Error::os("map the region", e))?;
@@ -214,8 +222,8 @@ impl Region {
             memfd,
             uffd,
             mode,
-            states: (0..pages).map(|_| PageWord::default()).collect(),
-            far_hashes: (0..pages * 2).map(|_| AtomicU64::new(0)).collect(),
+            states,
+            far_hashes,
             shared: shared.clone(),
             prefetcher: Mutex::new(prefetcher),
             advice: RwLock::new(Vec::new()),
