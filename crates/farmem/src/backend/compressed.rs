@@ -23,7 +23,7 @@
 //! thread keeps one, created (allocated) on its first zstd fetch, and a fetch that
 //! interrupts another zstd call on the same thread (a signal handler) makes a temporary one.
 
-use super::memory::{KeyMap, Shards, check_batch, is_zero, runs, table_bytes};
+use super::memory::{KeyMap, Shards, check_batch, is_zero, runs, shrink_if_sparse, table_bytes};
 use super::{Backend, PAGE_SIZE, PageKey, TierError, TierStats};
 use lz4_flex::block::{CompressTable, compress_into_with_table, decompress_into};
 use std::cell::Cell;
@@ -233,10 +233,7 @@ impl Backend for Compressed {
         for (shard, range) in runs(keys) {
             let mut s = self.shards.write(shard);
             removed.extend(keys[range].iter().filter_map(|k| s.remove(*k)));
-            let (len, cap) = (s.map.len(), s.map.capacity());
-            if cap > 1024 && len < cap / 8 {
-                s.map.shrink_to(len * 2);
-            }
+            shrink_if_sparse(&mut s.map);
         }
     }
 

@@ -67,6 +67,15 @@ pub(super) type KeyMap<V> = HashMap<PageKey, V, BuildHasherDefault<KeyHasher>>;
 
 /// The shard of `key`. Uses a different multiplier from [`KeyHasher`] so the keys of one
 /// shard still spread over the whole of its map.
+/// Gives memory back after mass discards: a large map that is mostly empty shrinks to
+/// twice its contents (so that a refill does not thrash).
+pub(super) fn shrink_if_sparse<V>(map: &mut KeyMap<V>) {
+    let (len, cap) = (map.len(), map.capacity());
+    if cap > 1024 && len < cap / 8 {
+        map.shrink_to(len * 2);
+    }
+}
+
 pub(super) fn shard_of(key: PageKey) -> usize {
     ((key.0 >> RUN_BITS).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> (64 - SHARD_BITS)) as usize
 }
@@ -438,10 +447,7 @@ impl Backend for Memory {
             for key in &keys[range] {
                 s.discard(*key);
             }
-            let (len, cap) = (s.map.len(), s.map.capacity());
-            if cap > 1024 && len < cap / 8 {
-                s.map.shrink_to(len * 2);
-            }
+            shrink_if_sparse(&mut s.map);
         }
     }
 
