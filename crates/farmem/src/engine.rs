@@ -191,6 +191,15 @@ impl std::fmt::Debug for Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     reclaimer: Option<std::thread::JoinHandle<()>>,
+    /// The process that started the reclaimer (a forked child has its own).
+    pid: libc::pid_t,
+}
+
+fn spawn_reclaimer(shared: &Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let s2 = shared.clone();
+    std::thread::Builder::new()
+        .name("farmem-reclaim".into())
+        .spawn(move || reclaimer_loop(&s2))
 }
 
 /// Watermarks in free frames: the reclaimer wakes below `low` and stops at `high`.
@@ -251,14 +260,14 @@ impl Engine {
             fault_mode,
             shutdown: AtomicBool::new(false),
         });
-        let s2 = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("farmem-reclaim".into())
-            .spawn(move || reclaimer_loop(&s2))
+        let handle = spawn_reclaimer(&shared)
             .map_err(|e| Error::os("spawn the reclaimer thread", e))?;
+        crate::fork::track_engine(&shared);
         Ok(Engine {
             shared,
             reclaimer: Some(handle),
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
         })
     }
 
@@ -287,7 +296,11 @@ impl Engine {
         let mut buf = self.shared.bufs.acquire();
         let start = std::time::Instant::now();
         while self.shared.resident.load(SeqCst) > pages {
-            if self.shared.evict_some(BATCH_PAGES, buf.bytes()) == 0 {
+            let evicted = {
+                let _pass = crate::fork::enter();
+                self.shared.evict_some(BATCH_PAGES, buf.bytes())
+            };
+            if evicted == 0 {
                 // What is left is locked: pages being evicted by the reclaimer (their frames
                 // come back when its batch ends) or filled by faulting threads.
                 if start.elapsed() > SHRINK_TIMEOUT {
@@ -359,7 +372,11 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, SeqCst);
-        if let Some(h) = self.reclaimer.take() {
+        // SAFETY: getpid has no preconditions.
+        let same_process = unsafe { libc::getpid() } == self.pid;
+        if let Some(h) = self.reclaimer.take()
+            && same_process
+        {
             h.thread().unpark();
             let _ = h.join();
         }
@@ -417,7 +434,11 @@ fn reclaimer_loop(s: &Shared) {
             // batch is capped at an eighth of it, so that the policy is not asked to evict
             // far more than is missing.
             let want = (high - free).max(batch.min(budget / 8)).clamp(1, batch);
-            if s.evict_some(want, buf) == 0 {
+            let evicted = {
+                let _pass = crate::fork::enter();
+                s.evict_some(want, buf)
+            };
+            if evicted == 0 {
                 // Everything is locked or referenced-and-undemotable right now.
                 std::thread::sleep(NAP_BUSY);
             }
@@ -437,6 +458,13 @@ fn reclaimer_loop(s: &Shared) {
 }
 
 impl Shared {
+    /// In a forked child: the reclaimer thread did not survive fork; start another.
+    pub(crate) fn restart_after_fork(self: &Arc<Self>) {
+        if let Err(e) = spawn_reclaimer(self) {
+            crate::fatal::die_io("after fork: could not start the reclaimer thread", &e);
+        }
+    }
+
     /// Grows the policy's preallocated capacity for `budget_pages` resident pages.
     pub(crate) fn policy_reserve(&self, budget_pages: usize) {
         let total: usize = self.total_region_pages();
@@ -579,6 +607,27 @@ impl Shared {
         if let Err(e) = self.zapper.zap(&iov) {
             crate::fatal::die_io("could not unmap pages for eviction (madvise)", &e);
         }
+        let victims = if crate::pin::any() {
+            // Pinned since they were chosen: the kernel is about to touch them. Map them
+            // back (after the zap: see `pin`) and keep them.
+            let (keep, go): (Vec<_>, Vec<_>) = victims
+                .into_iter()
+                .partition(|(r, page, _)| crate::pin::is_pinned(r.page_addr(*page)));
+            for (r, page, prev) in &keep {
+                if prev.tag() == Tag::Active {
+                    crate::fault::remap(r, *page);
+                }
+                r.states[*page as usize].unlock(*prev);
+                self.policy_insert(&[PageRef {
+                    region: r.id,
+                    generation: prev.generation(),
+                    page: *page,
+                }]);
+            }
+            go
+        } else {
+            victims
+        };
         self.write_back_and_free(&victims, scratch);
         victims.len()
     }
@@ -768,7 +817,14 @@ impl ResidentView for View<'_> {
         if let Err(e) = self.shared.zapper.zap(&iov) {
             crate::fatal::die_io("could not unmap pages to sample references (madvise)", &e);
         }
+        let pins = crate::pin::any();
         for &(p, s) in &locked[..n] {
+            if pins && crate::pin::is_pinned(r.page_addr(p)) {
+                // Pinned meanwhile: map it back and leave it referenced (see `pin`).
+                crate::fault::remap(r, p);
+                r.states[p as usize].unlock(s);
+                continue;
+            }
             r.states[p as usize].unlock(s.with_tag(Tag::Inactive));
         }
         Counters::bump(&self.shared.counters.demoted, n as u64);
@@ -780,7 +836,7 @@ impl ResidentView for View<'_> {
             .iter()
             .enumerate()
             .skip(id as usize)
-            .find_map(|(i, r)| r.as_ref().map(|r| (i as u32, r.pages)))
+            .find_map(|(i, r)| r.as_ref().map(|r| (i as u32, r.high_water())))
     }
 
     fn victims(&self) -> usize {

@@ -99,6 +99,7 @@ fn fill(mut op: impl FnMut() -> Result<(), FillError>, what: &str) {
 /// Resolves a fault at `addr` of region `r`. `wake`: wake blocked threads if no fill was
 /// needed (handler-thread mode).
 pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
+    let _pass = crate::fork::enter();
     let page = ((addr - r.base) / PAGE_SIZE) as u64;
     let page_addr = r.page_addr(page);
     let w = &r.states[page as usize];
@@ -154,6 +155,7 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
                 if !w.try_lock(s) {
                     continue;
                 }
+                r.note_touched(page);
                 let mut buf = r.shared.bufs.acquire();
                 r.shared.reserve_one(buf.bytes());
                 drop(buf);
@@ -182,6 +184,14 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
             Tag::Locked => unreachable!("wait_unlocked returned a locked page"),
         }
     }
+}
+
+/// Maps a locked, resident page again after a zap took it away (pinned pages).
+pub(crate) fn remap(r: &RegionInner, page: u64) {
+    fill(
+        || r.uffd.cont(r.page_addr(page), PAGE_SIZE).or_else(ok_if_exists),
+        "mapping a pinned page again (UFFDIO_CONTINUE)",
+    );
 }
 
 fn ok_if_exists(e: FillError) -> Result<(), FillError> {

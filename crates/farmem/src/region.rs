@@ -74,6 +74,12 @@ pub(crate) struct RegionInner {
     pub prefetcher: Mutex<Box<dyn Prefetcher>>,
     pub advice: RwLock<Vec<(u64, u64, Advice)>>,
     pub hook: RwLock<Option<Arc<PrefetchHook>>>,
+    /// One past the highest page ever touched: sweeps and fork stop here, so that a
+    /// huge sparse region costs only what was used.
+    high: std::sync::atomic::AtomicU64,
+    /// The handler threads' stop eventfd and count (thread mode), for a forked child.
+    stop_fd: std::sync::atomic::AtomicI32,
+    handler_count: AtomicUsize,
     /// Dropped last: the mapping must outlive every use of `base`.
     _map: Mapping,
 }
@@ -126,6 +132,109 @@ impl RegionInner {
         self.far_hashes[i + 1].store((h >> 64) as u64, Relaxed);
     }
 
+    /// One past the highest page ever touched.
+    #[inline]
+    pub fn high_water(&self) -> u64 {
+        self.high.load(Relaxed)
+    }
+
+    /// Notes that `page` is being touched.
+    #[inline]
+    pub fn note_touched(&self, page: u64) {
+        if page >= self.high.load(Relaxed) {
+            self.high.fetch_max(page + 1, Relaxed);
+        }
+    }
+
+    /// In a forked child: copies the resident pages into a memfd of the child's own, maps
+    /// it in place of the parent's (which fork left out), and registers it with a new
+    /// userfaultfd. Descriptor numbers stay the same (`dup3` over the inherited ones), so
+    /// nothing else changes.
+    pub fn take_over_after_fork(&self) -> std::io::Result<()> {
+        let old = self.memfd.raw();
+        let new = Memfd::new(c"farmem-region", self.len)?;
+        let end = self.page_addr(self.high_water()) - self.base;
+        let mut off: i64 = 0;
+        while (off as usize) < end {
+            // SAFETY: lseek on our own descriptor.
+            let data = unsafe { libc::lseek(old, off, libc::SEEK_DATA) };
+            if data < 0 {
+                break; // ENXIO: no data past `off`
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(old, data, libc::SEEK_HOLE) };
+            let hole = if hole < 0 { self.len as i64 } else { hole };
+            let (mut src, mut dst) = (data, data);
+            while src < hole {
+                // SAFETY: copying between two memfds of ours, with our own offsets.
+                let n = unsafe {
+                    libc::copy_file_range(old, &mut src, new.raw(), &mut dst, (hole - src) as usize, 0)
+                };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::EINTR) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            off = hole;
+        }
+        // SAFETY: replacing our own descriptor number with the new file; the old file stays
+        // open in the parent.
+        if unsafe { libc::dup3(new.raw(), old, libc::O_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        drop(new);
+        // SAFETY: MAP_FIXED over the range fork left unmapped in the child (MADV_DONTFORK);
+        // it is this region's own address range.
+        let p = unsafe {
+            libc::mmap(
+                self.base as *mut libc::c_void,
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                old,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the mapping just made.
+        if unsafe { libc::madvise(p, self.len, libc::MADV_DONTFORK) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let uffd = Uffd::new(self.uffd.features(), self.mode == FaultMode::Thread)?;
+        // SAFETY: as above, our own descriptor numbers.
+        if unsafe { libc::dup3(uffd.raw(), self.uffd.raw(), libc::O_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        drop(uffd);
+        self.uffd.register(
+            self.base,
+            self.len,
+            uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_MINOR,
+        )
+    }
+
+    /// In a forked child: starts handler threads again (thread mode).
+    pub fn restart_handlers_after_fork(self: &Arc<Self>) {
+        let stop = self.stop_fd.load(Relaxed);
+        for i in 0..self.handler_count.load(Relaxed) {
+            let r = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("farmem-uffd-{}-{i}", r.id))
+                .spawn(move || crate::fault::handler_loop(&r, stop));
+            if let Err(e) = spawned {
+                crate::fatal::die_io("after fork: could not start a fault handler thread", &e);
+            }
+        }
+    }
+
     /// The advice covering `page`, if any (never blocks: skipped while being changed).
     pub fn advice_at(&self, page: u64) -> Option<Advice> {
         let a = self.advice.try_read().ok()?;
@@ -149,10 +258,13 @@ pub struct Region {
     inner: Arc<RegionInner>,
     handlers: Vec<std::thread::JoinHandle<()>>,
     stop: Option<std::os::fd::OwnedFd>,
+    /// The process that created it: a forked child must not join the parent's threads.
+    pid: libc::pid_t,
 }
 
 impl Region {
     pub(crate) fn new(shared: Arc<Shared>, len: usize) -> Result<Region, Error> {
+        let _pass = crate::fork::enter();
         if len == 0 {
             return Err(Error::InvalidArgument(
                 "a region needs at least one byte".into(),
@@ -228,6 +340,9 @@ impl Region {
             prefetcher: Mutex::new(prefetcher),
             advice: RwLock::new(Vec::new()),
             hook: RwLock::new(None),
+            high: std::sync::atomic::AtomicU64::new(0),
+            stop_fd: std::sync::atomic::AtomicI32::new(-1),
+            handler_count: AtomicUsize::new(0),
             _map: map,
         });
         regions[id] = Some(inner.clone());
@@ -237,7 +352,10 @@ impl Region {
             inner: inner.clone(),
             handlers: Vec::new(),
             stop: None,
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
         };
+        crate::fork::track_region(&inner);
         match mode {
             FaultMode::Sigbus => {
                 crate::sys::signal::install(crate::fault::on_sigbus)
@@ -269,6 +387,10 @@ impl Region {
                 .map_err(|e| Error::os("spawn a fault handler thread", e))?;
             self.handlers.push(h);
         }
+        self.inner
+            .stop_fd
+            .store(std::os::fd::AsRawFd::as_raw_fd(&efd), Relaxed);
+        self.inner.handler_count.store(n, Relaxed);
         self.stop = Some(efd);
         Ok(())
     }
@@ -336,6 +458,7 @@ impl Region {
     /// budget allows without evicting more than it would anyway). They arrive unmapped and
     /// unreferenced: if they are not used, they are the first to go.
     pub fn prefetch(&self, offset: usize, len: usize) -> Result<(), Error> {
+        let _pass = crate::fork::enter();
         let (first, end) = self.check(offset, len)?;
         crate::fault::prefetch_range(&self.inner, first, end);
         Ok(())
@@ -347,6 +470,7 @@ impl Region {
     /// kept in the far tier: this is not `MADV_DONTNEED`'s discard; see [`Region::discard`]).
     /// `Normal` removes earlier advice for the range.
     pub fn advise(&self, offset: usize, len: usize, advice: Advice) -> Result<(), Error> {
+        let _pass = crate::fork::enter();
         let (first, end) = self.check(offset, len)?;
         match advice {
             Advice::WillNeed => crate::fault::prefetch_range(&self.inner, first, end),
@@ -365,6 +489,7 @@ impl Region {
     /// Throws away the content of `[offset, offset+len)` (whole pages inside it): they
     /// read as zeros afterwards and cost nothing, locally or far.
     pub fn discard(&self, offset: usize, len: usize) -> Result<(), Error> {
+        let _pass = crate::fork::enter();
         let first = offset.div_ceil(PAGE_SIZE) as u64;
         let end = (offset.saturating_add(len) / PAGE_SIZE) as u64;
         self.check(offset, len)?;
@@ -401,6 +526,7 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        let _pass = crate::fork::enter();
         if self.inner.mode == FaultMode::Sigbus {
             registry_remove(&self.inner);
         }
@@ -414,8 +540,12 @@ impl Drop for Region {
                     8,
                 )
             };
+            // SAFETY: getpid has no preconditions.
+            let same_process = unsafe { libc::getpid() } == self.pid;
             for h in self.handlers.drain(..) {
-                let _ = h.join();
+                if same_process {
+                    let _ = h.join();
+                }
             }
         }
         let shared = self.inner.shared.clone();
@@ -427,7 +557,8 @@ impl Drop for Region {
         // its frame and its far copy.
         let mut resident = 0;
         let mut far = Vec::new();
-        for (i, w) in self.inner.states.iter().enumerate() {
+        let high = self.inner.high_water() as usize;
+        for (i, w) in self.inner.states[..high].iter().enumerate() {
             let s = w.lock_any();
             if s.is_resident() {
                 resident += 1;

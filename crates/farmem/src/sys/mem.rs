@@ -34,6 +34,11 @@ impl Memfd {
         Ok(Memfd { fd })
     }
 
+    /// The descriptor.
+    pub fn raw(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Copies the page at byte `offset` out of the page cache into `buf`, without mapping it.
     pub fn read_at(&self, buf: &mut [u8], offset: usize) -> io::Result<()> {
         let fd = self.fd.as_raw_fd();
@@ -225,6 +230,27 @@ impl Zapper {
             pidfd,
             fallback: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// In a forked child: the inherited pidfd names the parent, so zapping through it would
+    /// unmap the parent's pages. Opens one on the child under the same descriptor number.
+    pub fn after_fork(&self) -> io::Result<()> {
+        let Some(old) = &self.pidfd else {
+            return Ok(());
+        };
+        // SAFETY: pidfd_open on our own pid with no flags; the result is checked.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as i32;
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: replacing our own descriptor number, then closing the spare.
+        let rc = unsafe { libc::dup3(fd, old.as_raw_fd(), libc::O_CLOEXEC) };
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Zaps every `(addr, len)` range (page aligned, inside shared mappings we own).
