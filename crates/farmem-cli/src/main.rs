@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod floor;
 mod opts;
+mod run;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,12 @@ enum Command {
     /// The mechanism floor: raw costs of the kernel operations behind a fault, beside
     /// farmem's own fault latency in each fault mode, measured in the same run.
     Floor(floor::FloorArgs),
+    /// Run an unmodified program with its heap in far memory.
+    ///
+    /// PROGRAM runs with farmem's preload library: its malloc-family allocations and
+    /// large anonymous mmaps come from far memory, with LOCAL_MEM of it kept local. It
+    /// keeps farmem's process id, so its exit status and signals are its own.
+    Run(run::RunArgs),
     /// Reads `farmem bench --json` lines on stdin and prints their medians and ratios.
     Summarize,
     /// Internal: runs a workload all-local in this process (the Linux-swap child).
@@ -58,6 +65,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Floor(a) => floor::run(a),
+        Command::Run(a) => run::run(a),
         Command::Summarize => bench::summarize_stdin(),
         Command::Worker { job } => worker::run(&job),
     };

@@ -1,7 +1,7 @@
 //! Parsing of the options shared by several commands.
 
-use anyhow::{Context, Result, bail};
-use farmem::backend::{Backend, Compressed, Memory};
+use anyhow::{Result, bail};
+use farmem::backend::Backend;
 use std::sync::Arc;
 
 /// A size with K/M/G/T suffixes (binary).
@@ -9,26 +9,9 @@ pub fn size(s: &str) -> Result<u64, String> {
     farmem_bench::parse_size(s).map_err(|e| e.to_string())
 }
 
-/// A far tier by name: `mem`, `compressed` (lz4), `compressed:lz4`, `compressed:zstd`
-/// or `compressed:zstd:LEVEL`.
+/// A far tier by URI (see [`farmem::backend::from_uri`]).
 pub fn backend(name: &str) -> Result<Arc<dyn Backend>> {
-    Ok(match name {
-        "mem" | "mem:" => Arc::new(Memory::new()),
-        "compressed" | "compressed:" | "compressed:lz4" => Arc::new(Compressed::lz4()),
-        "compressed:zstd" => Arc::new(Compressed::zstd(1)),
-        _ => {
-            if let Some(level) = name.strip_prefix("compressed:zstd:") {
-                let level: i32 = level.parse().with_context(|| {
-                    format!("zstd level `{level}` is not a number (try compressed:zstd:3)")
-                })?;
-                Arc::new(Compressed::zstd(level))
-            } else {
-                bail!(
-                    "unknown backend `{name}`: use mem, compressed, compressed:lz4, compressed:zstd or compressed:zstd:LEVEL"
-                )
-            }
-        }
-    })
+    Ok(farmem::backend::from_uri(name)?)
 }
 
 /// Human-readable size.

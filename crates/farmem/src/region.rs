@@ -192,7 +192,7 @@ impl RegionInner {
         // SAFETY: MAP_FIXED over the range fork left unmapped in the child (MADV_DONTFORK);
         // it is this region's own address range.
         let p = unsafe {
-            libc::mmap(
+            crate::sys::raw::mmap(
                 self.base as *mut libc::c_void,
                 self.len,
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -205,7 +205,7 @@ impl RegionInner {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: the mapping just made.
-        if unsafe { libc::madvise(p, self.len, libc::MADV_DONTFORK) } < 0 {
+        if unsafe { crate::sys::raw::madvise(p, self.len, libc::MADV_DONTFORK) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let uffd = Uffd::new(self.uffd.features(), self.mode == FaultMode::Thread)?;

@@ -24,6 +24,33 @@ pub use compressed::{Codec, Compressed};
 pub use faulty::{Faulty, FaultyMode};
 pub use memory::Memory;
 
+/// A far tier by its URI: `mem:` (process memory), `compressed:` or `compressed:lz4`
+/// (lz4-compressed process memory), `compressed:zstd` or `compressed:zstd:LEVEL`. The
+/// trailing colon is optional.
+pub fn from_uri(uri: &str) -> Result<std::sync::Arc<dyn Backend>, crate::Error> {
+    use std::sync::Arc;
+    Ok(match uri {
+        "mem" | "mem:" => Arc::new(Memory::new()),
+        "compressed" | "compressed:" | "compressed:lz4" => Arc::new(Compressed::lz4()),
+        "compressed:zstd" => Arc::new(Compressed::zstd(1)),
+        _ => match uri.strip_prefix("compressed:zstd:") {
+            Some(level) => {
+                let level: i32 = level.parse().ok().filter(|l| (1..=22).contains(l)).ok_or_else(|| {
+                    crate::Error::InvalidArgument(format!(
+                        "zstd level `{level}` is not a number from 1 to 22 (try compressed:zstd:3)"
+                    ))
+                })?;
+                Arc::new(Compressed::zstd(level))
+            }
+            None => {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "unknown backend `{uri}`: use mem:, compressed: (lz4), compressed:zstd or compressed:zstd:LEVEL"
+                )));
+            }
+        },
+    })
+}
+
 /// Bytes in a page of every tier.
 pub const PAGE_SIZE: usize = 4096;
 

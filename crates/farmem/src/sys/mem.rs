@@ -94,7 +94,7 @@ impl Memfd {
     pub fn map(&self, len: usize) -> io::Result<Mapping> {
         // SAFETY: a fresh mapping chosen by the kernel; the result is checked.
         let ptr = unsafe {
-            libc::mmap(
+            crate::sys::raw::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -154,7 +154,7 @@ impl Mapping {
     pub fn anon(len: usize) -> io::Result<Mapping> {
         // SAFETY: a fresh anonymous mapping chosen by the kernel; the result is checked.
         let ptr = unsafe {
-            libc::mmap(
+            crate::sys::raw::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -175,7 +175,7 @@ impl Mapping {
     /// Keeps the mapping out of children created by `fork(2)`.
     pub fn dont_fork(&self) -> io::Result<()> {
         // SAFETY: the range is exactly this mapping.
-        if unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) } < 0 {
+        if unsafe { crate::sys::raw::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -200,7 +200,7 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: we own exactly this range, mapped by mmap above.
-        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        let rc = unsafe { crate::sys::raw::munmap(self.ptr.as_ptr().cast(), self.len) };
         debug_assert_eq!(rc, 0, "munmap failed: {}", io::Error::last_os_error());
     }
 }
@@ -286,7 +286,7 @@ impl Zapper {
             }
             for v in chunk {
                 // SAFETY: the range is page aligned and inside a mapping we own.
-                if unsafe { libc::madvise(v.iov_base, v.iov_len, libc::MADV_DONTNEED) } < 0 {
+                if unsafe { crate::sys::raw::madvise(v.iov_base, v.iov_len, libc::MADV_DONTNEED) } < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

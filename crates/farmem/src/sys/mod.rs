@@ -4,5 +4,6 @@
 //! itself (wasmtime's `sys/` habit).
 
 pub mod mem;
+pub mod raw;
 pub mod signal;
 pub mod uffd;

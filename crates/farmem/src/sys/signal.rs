@@ -59,6 +59,28 @@ pub fn install(f: FaultFn) -> io::Result<()> {
     }
 }
 
+/// Whether farmem's SIGBUS handler is installed in this process.
+pub fn installed() -> bool {
+    INSTALL.is_completed() && INSTALL_ERR.load(Ordering::Acquire) == 0
+}
+
+/// Replaces the disposition SIGBUS falls back to for addresses that are not farmem's (what
+/// a program that installs its own SIGBUS handler gets, so that farmem's stays in place),
+/// and returns the one it replaces. Only meaningful once [`installed`].
+///
+/// # Safety
+/// `new` must be a valid disposition for SIGBUS; no other thread may call this at once.
+pub unsafe fn replace_previous(new: &libc::sigaction) -> libc::sigaction {
+    // SAFETY: PREVIOUS was initialised by `install`; the caller serialises writers. A
+    // handler running meanwhile reads either disposition, both valid.
+    unsafe {
+        let p = (*std::ptr::addr_of_mut!(PREVIOUS)).as_mut_ptr();
+        let old = std::ptr::read(p);
+        std::ptr::write_volatile(p, *new);
+        old
+    }
+}
+
 /// Whether the fault that raised this signal was a write (x86-64 page-fault error code,
 /// bit 1). Other architectures report reads, which costs at most one extra fault later.
 fn is_write(ctx: *mut libc::c_void) -> bool {

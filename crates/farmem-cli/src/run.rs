@@ -1,0 +1,123 @@
+//! `farmem run`: an unmodified program with its heap in far memory.
+//!
+//! Checks the options and the machine, then replaces itself (exec) with PROGRAM, with
+//! the preload library in LD_PRELOAD and the configuration in FARMEM_* variables (see
+//! crates/farmem-preload/src/rt.rs). The program keeps farmem's pid, so signals, job
+//! control and the exit status are its own.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use crate::opts;
+
+/// Options of `farmem run`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "The heap is every malloc-family allocation and every anonymous private read-write mmap of at least 256 KiB (FARMEM_MMAP_THRESHOLD). The C library's own allocations (stdio buffers and the like) stay local. Programs PROGRAM runs get the library too, each with its own budget; a forked child gets a snapshot of the parent's far memory and its own budget.\n\nExamples:\n  farmem run --local-mem 256M -- redis-server --port 7000\n  farmem run --local-mem 64M --backend compressed:zstd --stats -- python3 job.py"
+)]
+pub struct RunArgs {
+    /// Local memory budget for the program's heap (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = opts::size)]
+    pub local_mem: u64,
+    /// Far tier: mem:, compressed: (lz4), compressed:zstd, compressed:zstd:LEVEL.
+    #[arg(long, value_name = "URI", default_value = "compressed:")]
+    pub backend: String,
+    /// Prefetcher: none, readahead or majority.
+    #[arg(long, value_name = "NAME", default_value = "readahead")]
+    pub prefetch: String,
+    /// Eviction policy: clock or fifo.
+    #[arg(long, value_name = "NAME", default_value = "clock")]
+    pub evict: String,
+    /// Fault path: sigbus (in the faulting thread, fast), thread (handler threads; also
+    /// correct for system calls farmem does not wrap) or auto (sigbus where available).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub fault_mode: String,
+    /// Print a summary of what far memory did when the program exits.
+    #[arg(long)]
+    pub stats: bool,
+    /// Print one live line to stderr every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub stats_interval: Option<f64>,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
+    pub program: Vec<String>,
+}
+
+/// Where the preload library is: FARMEM_PRELOAD, or next to this binary, or in
+/// ../lib/farmem/ (an installed layout).
+pub fn find_preload() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FARMEM_PRELOAD") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!("FARMEM_PRELOAD={} is not a file", p.display());
+    }
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let candidates = [
+        dir.join("libfarmem_preload.so"),
+        dir.join("../lib/farmem/libfarmem_preload.so"),
+        dir.join("../libfarmem_preload.so"),
+    ];
+    for c in &candidates {
+        if c.is_file() {
+            return Ok(c.canonicalize().unwrap_or_else(|_| c.clone()));
+        }
+    }
+    bail!(
+        "cannot find libfarmem_preload.so next to {} (build it with `cargo build -p farmem-preload`, with the same profile, or point FARMEM_PRELOAD at it)",
+        exe.display()
+    )
+}
+
+/// Runs `farmem run`: returns only on error.
+pub fn run(a: RunArgs) -> Result<()> {
+    if a.local_mem < farmem::MIN_BUDGET_PAGES as u64 * 4096 {
+        bail!(
+            "--local-mem must be at least {} KiB",
+            farmem::MIN_BUDGET_PAGES * 4
+        );
+    }
+    farmem::backend::from_uri(&a.backend)?;
+    let prefetch: farmem::PrefetchKind = a.prefetch.parse().map_err(anyhow::Error::msg)?;
+    let evict: farmem::policy::PolicyKind = a.evict.parse().map_err(anyhow::Error::msg)?;
+    let mode: farmem::FaultMode = a.fault_mode.parse().map_err(anyhow::Error::msg)?;
+    if let Some(s) = a.stats_interval
+        && !(s > 0.0 && s.is_finite())
+    {
+        bail!("--stats-interval must be a positive number of seconds (got {s})");
+    }
+    // The same checks the program's start would make, but with a clear error here.
+    farmem::Engine::builder()
+        .local_budget(a.local_mem as usize)
+        .prefetch(prefetch)
+        .policy(evict)
+        .fault_mode(mode)
+        .build()
+        .context("far memory is not available on this machine")?;
+    let preload = find_preload()?;
+    let mut ld = preload.display().to_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        ld.push(':');
+        ld.push_str(&old.to_string_lossy());
+    }
+    let mut cmd = std::process::Command::new(&a.program[0]);
+    cmd.args(&a.program[1..])
+        .env("LD_PRELOAD", ld)
+        .env("FARMEM_LOCAL_MEM", a.local_mem.to_string())
+        .env("FARMEM_BACKEND", &a.backend)
+        .env("FARMEM_PREFETCH", &a.prefetch)
+        .env("FARMEM_EVICT", &a.evict)
+        .env("FARMEM_FAULT_MODE", &a.fault_mode);
+    if a.stats {
+        cmd.env("FARMEM_STATS", "1");
+    }
+    if let Some(s) = a.stats_interval {
+        cmd.env("FARMEM_STATS_INTERVAL", s.to_string());
+    }
+    let err = cmd.exec();
+    bail!("cannot run {}: {err}", a.program[0])
+}

@@ -1,0 +1,139 @@
+//! The calls of include/farmem.h: the real versions (the stub library has no-ops).
+
+use libc::{c_int, c_void, size_t};
+
+use crate::rt;
+
+/// `struct farmem_range`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FarmemRange {
+    addr: *mut c_void,
+    len: size_t,
+}
+
+/// `struct farmem_stats`.
+#[repr(C)]
+pub struct FarmemStats {
+    faults: u64,
+    major_faults: u64,
+    fetched: u64,
+    prefetched: u64,
+    evicted: u64,
+    written_back: u64,
+    resident_bytes: u64,
+    peak_resident_bytes: u64,
+    budget_bytes: u64,
+    far_bytes: u64,
+    fault_p50_ns: u64,
+    fault_p99_ns: u64,
+    prefetch_accuracy: f64,
+}
+
+type Hook = unsafe extern "C" fn(*mut c_void, *mut FarmemRange, size_t) -> size_t;
+
+/// Clips `[addr, addr+len)` to the heap region: (offset, len) or None.
+fn clip(addr: *const c_void, len: size_t) -> Option<(usize, usize)> {
+    let rt = rt::rt()?;
+    let base = rt.region.as_ptr() as usize;
+    let end = base + rt.region.len();
+    let (s, e) = ((addr as usize).max(base), (addr as usize).saturating_add(len).min(end));
+    (s < e).then(|| (s - base, e - s))
+}
+
+/// `farmem_active`.
+#[unsafe(no_mangle)]
+pub extern "C" fn farmem_active() -> c_int {
+    rt::ready() as c_int
+}
+
+/// `farmem_prefetch`.
+#[unsafe(no_mangle)]
+pub extern "C" fn farmem_prefetch(addr: *const c_void, len: size_t) -> c_int {
+    if let (Some(rt), Some((off, len))) = (rt::rt(), clip(addr, len)) {
+        let _ = rt.region.prefetch(off, len);
+    }
+    0
+}
+
+/// `farmem_advise`.
+#[unsafe(no_mangle)]
+pub extern "C" fn farmem_advise(addr: *const c_void, len: size_t, advice: c_int) -> c_int {
+    use farmem::Advice::*;
+    let a = match advice {
+        0 => Normal,
+        1 => Sequential,
+        2 => Random,
+        3 => WillNeed,
+        4 => DontNeed,
+        _ => {
+            // SAFETY: this thread's errno slot.
+            unsafe { *libc::__errno_location() = libc::EINVAL };
+            return -1;
+        }
+    };
+    if let (Some(rt), Some((off, len))) = (rt::rt(), clip(addr, len)) {
+        let _ = rt.region.advise(off, len, a);
+    }
+    0
+}
+
+/// `farmem_set_prefetch_hook`.
+#[unsafe(no_mangle)]
+pub extern "C" fn farmem_set_prefetch_hook(hook: Option<Hook>) -> c_int {
+    let Some(rt) = rt::rt() else { return 0 };
+    match hook {
+        None => rt.region.clear_prefetch_hook(),
+        Some(h) => rt.region.set_prefetch_hook(move |addr, req| {
+            let mut out = [FarmemRange {
+                addr: std::ptr::null_mut(),
+                len: 0,
+            }; 16];
+            // SAFETY: the program's hook, called as farmem.h documents, with room for 16.
+            let n = unsafe { h(addr as *mut c_void, out.as_mut_ptr(), out.len()) }.min(out.len());
+            for r in &out[..n] {
+                req.range(r.addr as usize, r.len);
+            }
+        }),
+    }
+    0
+}
+
+/// `farmem_stats`.
+///
+/// # Safety
+/// `out` points to a `struct farmem_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn farmem_stats(out: *mut FarmemStats) -> c_int {
+    if out.is_null() {
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return -1;
+    }
+    let Some(rt) = rt::rt() else {
+        // SAFETY: the caller's struct; zeroed, as farmem.h says.
+        unsafe { std::ptr::write_bytes(out, 0, 1) };
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return -1;
+    };
+    let s = rt.engine.stats();
+    let v = FarmemStats {
+        faults: s.faults(),
+        major_faults: s.major_faults,
+        fetched: s.fetched_pages,
+        prefetched: s.prefetched_pages,
+        evicted: s.evicted_pages,
+        written_back: s.written_back_pages,
+        resident_bytes: s.resident_pages * 4096,
+        peak_resident_bytes: s.peak_resident_pages * 4096,
+        budget_bytes: s.budget_pages * 4096,
+        far_bytes: s.far_bytes,
+        fault_p50_ns: (s.major_latency.p50_us * 1000.0) as u64,
+        fault_p99_ns: (s.major_latency.p99_us * 1000.0) as u64,
+        prefetch_accuracy: s.prefetch_accuracy(),
+    };
+    // SAFETY: the caller's struct.
+    unsafe { out.write(v) };
+    0
+}

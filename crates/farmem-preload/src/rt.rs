@@ -1,0 +1,322 @@
+//! Start-up, configuration, and the process-wide far heap region.
+//!
+//! The library's constructor reads the configuration `farmem run` put in the environment,
+//! starts the engine and maps the heap region. Allocations made before that (the dynamic
+//! loader's and the C library's start-up) go to glibc's allocator and stay there.
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | FARMEM_LOCAL_MEM | local budget in bytes | 256 MiB |
+//! | FARMEM_BACKEND | far tier URI (`mem:`, `compressed:`, `compressed:zstd`) | `compressed:` |
+//! | FARMEM_PREFETCH | none, readahead, majority | readahead |
+//! | FARMEM_EVICT | clock, fifo | clock |
+//! | FARMEM_FAULT_MODE | auto, sigbus, thread | auto |
+//! | FARMEM_HEAP_MAX | bytes of address space for the heap | 128 GiB |
+//! | FARMEM_MMAP_THRESHOLD | anonymous mmaps from this size up are far | 256 KiB |
+//! | FARMEM_STATS | print a summary at exit (`1`) | off |
+//! | FARMEM_STATS_INTERVAL | print a live line every SECS seconds | off |
+//!
+//! FARMEM_STATS and FARMEM_STATS_INTERVAL are removed from the environment at start, so
+//! that programs this one runs (which load the library too, with their own budget) stay
+//! quiet.
+
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize};
+
+use farmem::{Engine, FaultMode, PrefetchKind, Region, policy::PolicyKind};
+
+const UNINIT: u8 = 0;
+const READY: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static BASE: AtomicUsize = AtomicUsize::new(0);
+static LEN: AtomicUsize = AtomicUsize::new(0);
+static INIT_PID: AtomicI32 = AtomicI32::new(0);
+static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
+pub(crate) static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(256 << 10);
+
+pub(crate) struct Runtime {
+    pub engine: Engine,
+    pub region: Region,
+    /// Bytes that may be pinned at once for system calls.
+    pub pin_limit: usize,
+}
+
+static RT: OnceLock<Runtime> = OnceLock::new();
+
+/// Text ranges of the C library, the dynamic loader and this library.
+static LIBC_TEXT: [(AtomicUsize, AtomicUsize); 8] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 8];
+
+#[inline]
+pub(crate) fn ready() -> bool {
+    STATE.load(Acquire) == READY
+}
+
+pub(crate) fn rt() -> Option<&'static Runtime> {
+    if ready() { RT.get() } else { None }
+}
+
+/// The heap region (base, length), once ready; (0, 0) before.
+#[inline]
+pub(crate) fn heap_range() -> (usize, usize) {
+    (BASE.load(Acquire), LEN.load(Acquire))
+}
+
+#[inline]
+pub(crate) fn heap_range_relaxed() -> (usize, usize) {
+    (BASE.load(Relaxed), LEN.load(Relaxed))
+}
+
+/// Whether `caller` is code of the C library or the dynamic loader.
+#[inline]
+pub(crate) fn is_libc_caller(caller: usize) -> bool {
+    LIBC_TEXT.iter().any(|(s, e)| {
+        let s = s.load(Relaxed);
+        s != 0 && caller >= s && caller < e.load(Relaxed)
+    })
+}
+
+/// Discards `[addr, addr+len)` of the heap (page aligned): the pages read as zeros.
+pub(crate) fn discard(addr: usize, len: usize) {
+    if let Some(rt) = rt() {
+        let base = rt.region.as_ptr() as usize;
+        if let Err(e) = rt.region.discard(addr - base, len) {
+            die(&format!("could not discard freed heap pages: {e}"));
+        }
+    }
+}
+
+/// glibc's malloc_usable_size, for its own blocks.
+pub(crate) fn libc_usable_size(p: *mut libc::c_void) -> usize {
+    static F: AtomicUsize = AtomicUsize::new(0);
+    let mut f = F.load(Relaxed);
+    if f == 0 {
+        // SAFETY: dlopen/dlsym with NUL-terminated names; the handle is glibc's, loaded.
+        unsafe {
+            let h = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY);
+            if !h.is_null() {
+                f = libc::dlsym(h, c"malloc_usable_size".as_ptr()) as usize;
+            }
+        }
+        F.store(f, Relaxed);
+    }
+    if f == 0 {
+        return 0;
+    }
+    // SAFETY: glibc's malloc_usable_size, on a block of glibc's.
+    let g: unsafe extern "C" fn(*mut libc::c_void) -> usize = unsafe { std::mem::transmute(f) };
+    // SAFETY: as above.
+    unsafe { g(p) }
+}
+
+/// One line to stderr and exit: the configuration or the machine does not allow far memory.
+pub(crate) fn die(msg: &str) -> ! {
+    let line = format!("farmem: {msg}\n");
+    // SAFETY: writing our own bytes to fd 2, then leaving without running the program on.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+        libc::_exit(127)
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn env_bytes(name: &str, default: usize) -> usize {
+    match env(name) {
+        None => default,
+        Some(v) => v.trim().parse().unwrap_or_else(|_| {
+            die(&format!("{name}={v} is not a number of bytes (farmem run sets it; run the program through `farmem run`)"))
+        }),
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONSTRUCTOR: extern "C" fn() = start;
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static DESTRUCTOR: extern "C" fn() = finish;
+
+extern "C" fn start() {
+    if let Err(e) = init() {
+        die(&format!("cannot start far memory: {e}"));
+    }
+}
+
+fn init() -> Result<(), String> {
+    let budget = env_bytes("FARMEM_LOCAL_MEM", 256 << 20);
+    let backend_uri = env("FARMEM_BACKEND").unwrap_or_else(|| "compressed:".into());
+    let backend = farmem::backend::from_uri(&backend_uri).map_err(|e| e.to_string())?;
+    let prefetch: PrefetchKind = env("FARMEM_PREFETCH")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or_default();
+    let policy: PolicyKind = env("FARMEM_EVICT")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or_default();
+    let mode: FaultMode = env("FARMEM_FAULT_MODE")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or_default();
+    let heap_max = env_bytes("FARMEM_HEAP_MAX", 128 << 30);
+    MMAP_THRESHOLD.store(env_bytes("FARMEM_MMAP_THRESHOLD", 256 << 10).max(4096), Relaxed);
+    let stats = env("FARMEM_STATS").is_some_and(|v| v != "0");
+    let interval: Option<f64> = env("FARMEM_STATS_INTERVAL")
+        .map(|v| v.parse().map_err(|_| format!("FARMEM_STATS_INTERVAL={v} is not a number of seconds")))
+        .transpose()?;
+    // SAFETY: start-up, before the program's main; no other thread reads the environment.
+    unsafe {
+        std::env::remove_var("FARMEM_STATS");
+        std::env::remove_var("FARMEM_STATS_INTERVAL");
+    }
+    let engine = Engine::builder()
+        .local_budget(budget)
+        .backend(backend)
+        .policy(policy)
+        .prefetch(prefetch)
+        .fault_mode(mode)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let region = engine
+        .map(heap_max)
+        .map_err(|e| format!("cannot reserve the far heap: {e}"))?;
+    farmem::fork::install_handlers().map_err(|e| e.to_string())?;
+    // Registered after the engine's: the prepare handlers run in reverse order, so the
+    // heap is locked before the engine closes its gate (a thread inside malloc may be
+    // faulting, which needs the gate open).
+    // SAFETY: three extern "C" functions with no arguments.
+    let rc = unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    if rc != 0 {
+        return Err("cannot register fork handlers".into());
+    }
+    find_libc_text();
+    crate::io::resolve_all();
+    let pin_limit = (budget / 4).max(64 << 10);
+    let base = region.as_ptr() as usize;
+    let len = region.len();
+    if RT.set(Runtime { engine, region, pin_limit }).is_err() {
+        return Err("started twice".into());
+    }
+    // SAFETY: getpid has no preconditions.
+    INIT_PID.store(unsafe { libc::getpid() }, Relaxed);
+    STATS_AT_EXIT.store(stats, Relaxed);
+    BASE.store(base, Release);
+    LEN.store(len, Release);
+    STATE.store(READY, Release);
+    if let Some(secs) = interval.filter(|s| *s > 0.0) {
+        let _ = std::thread::Builder::new()
+            .name("farmem-stats".into())
+            .spawn(move || stats_loop(secs));
+    }
+    Ok(())
+}
+
+static mut FORK_GUARD: Option<std::sync::MutexGuard<'static, crate::heap::Inner>> = None;
+
+extern "C" fn fork_prepare() {
+    let g = crate::heap::lock();
+    // SAFETY: only the forking thread touches FORK_GUARD, between prepare and parent/child.
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARD) = Some(g) };
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: as above.
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARD) = None };
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: as above; in the child this thread is the one that locked it.
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARD) = None };
+}
+
+fn find_libc_text() {
+    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> i32 {
+        // SAFETY: the loader passes a valid dl_phdr_info; `data` is our counter.
+        unsafe {
+            let info = &*info;
+            let n = &mut *(data as *mut usize);
+            if info.dlpi_name.is_null() {
+                return 0;
+            }
+            let name = std::ffi::CStr::from_ptr(info.dlpi_name).to_bytes();
+            let is_libc = name.windows(8).any(|w| w == b"libc.so.") || name.windows(8).any(|w| w == b"ld-linux");
+            // This library too: the Rust standard library allocates some things through
+            // `System` (plain malloc) rather than the global allocator.
+            let me = start as *const () as usize;
+            let is_me = (0..info.dlpi_phnum as usize).any(|i| {
+                let ph = &*info.dlpi_phdr.add(i);
+                let s = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                ph.p_type == libc::PT_LOAD && me >= s && me < s + ph.p_memsz as usize
+            });
+            if !is_libc && !is_me {
+                return 0;
+            }
+            for i in 0..info.dlpi_phnum as usize {
+                let ph = &*info.dlpi_phdr.add(i);
+                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 && *n < LIBC_TEXT.len() {
+                    let s = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                    LIBC_TEXT[*n].1.store(s + ph.p_memsz as usize, Relaxed);
+                    LIBC_TEXT[*n].0.store(s, Relaxed);
+                    *n += 1;
+                }
+            }
+        }
+        0
+    }
+    let mut n = 0usize;
+    // SAFETY: a valid callback and a pointer to our counter, used only during the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut n as *mut usize).cast()) };
+}
+
+extern "C" fn finish() {
+    // SAFETY: getpid has no preconditions.
+    if !STATS_AT_EXIT.load(Relaxed) || unsafe { libc::getpid() } != INIT_PID.load(Relaxed) {
+        return;
+    }
+    if let Some(rt) = rt() {
+        let st = rt.engine.stats();
+        let mut out = format!(
+            "farmem: stats at exit ({} fault mode, {} tier)\n",
+            rt.engine.fault_mode(),
+            rt.engine.backend_name()
+        );
+        for line in st.to_string().lines() {
+            out.push_str("farmem:   ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        // SAFETY: our own bytes to fd 2.
+        unsafe { libc::write(2, out.as_ptr().cast(), out.len()) };
+    }
+}
+
+fn stats_loop(secs: f64) {
+    let t0 = std::time::Instant::now();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+        let Some(rt) = rt() else { return };
+        let s = rt.engine.stats();
+        let mib = |p: u64| p as f64 * 4096.0 / (1 << 20) as f64;
+        let line = format!(
+            "farmem: {:.0}s resident {:.1}/{:.1} MiB, faults {} ({} major), fetched {}, prefetched {}, evicted {}, far {:.1} MiB, major p50 {:.1} us p99 {:.1} us\n",
+            t0.elapsed().as_secs_f64(),
+            mib(s.resident_pages),
+            mib(s.budget_pages),
+            s.faults(),
+            s.major_faults,
+            s.fetched_pages,
+            s.prefetched_pages,
+            s.evicted_pages,
+            s.far_bytes as f64 / (1 << 20) as f64,
+            s.major_latency.p50_us,
+            s.major_latency.p99_us,
+        );
+        // SAFETY: our own bytes to fd 2.
+        unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    }
+}

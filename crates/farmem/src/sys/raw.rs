@@ -1,0 +1,90 @@
+//! Memory-management system calls made directly, not through the C library's wrappers.
+//!
+//! When the engine runs inside `farmem run`'s preload library, that library replaces the
+//! C library's `mmap`, `munmap` and `madvise` for the program (large anonymous mappings
+//! become far memory). The engine's own mappings must not take that path, so it makes
+//! these calls with the `syscall` instruction itself. Return values follow the C
+//! functions: -1 (or `MAP_FAILED`) with errno set on failure.
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn syscall6(n: i64, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the caller's contract; the syscall instruction clobbers rcx and r11 only.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a, in("rsi") b, in("rdx") c, in("r10") d, in("r8") e, in("r9") f,
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if (-4095..0).contains(&ret) {
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = -ret as i32 };
+        return -1;
+    }
+    ret
+}
+
+/// mmap(2).
+///
+/// # Safety
+/// As mmap.
+pub unsafe fn mmap(
+    addr: *mut libc::c_void,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    off: i64,
+) -> *mut libc::c_void {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: forwarded.
+        let r = unsafe {
+            syscall6(libc::SYS_mmap, addr as usize, len, prot as usize, flags as usize, fd as usize, off as usize)
+        };
+        if r == -1 { libc::MAP_FAILED } else { r as *mut libc::c_void }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::mmap(addr, len, prot, flags, fd, off)
+    }
+}
+
+/// munmap(2).
+///
+/// # Safety
+/// As munmap.
+pub unsafe fn munmap(addr: *mut libc::c_void, len: usize) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(libc::SYS_munmap, addr as usize, len, 0, 0, 0, 0) as i32
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::munmap(addr, len)
+    }
+}
+
+/// madvise(2).
+///
+/// # Safety
+/// As madvise.
+pub unsafe fn madvise(addr: *mut libc::c_void, len: usize, advice: i32) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(libc::SYS_madvise, addr as usize, len, advice as usize, 0, 0, 0) as i32
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::madvise(addr, len, advice)
+    }
+}
