@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# cargo test builds only what tests link; the cdylibs (libfarmem_capi.so, and
+# libfarmem_preload.so that `farmem run` preloads) must be built beside the binary.
+cargo build --workspace
 cargo test --workspace 2>&1 | tee "$log"
 # One closing line with the totals of every test binary (the last binary cargo runs is a
 # doc-test run that may hold no test, which would otherwise be the closing line).

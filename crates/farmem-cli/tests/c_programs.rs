@@ -1,0 +1,309 @@
+//! The C programs in `tests/c`, compiled with gcc and run plainly and under `farmem run`.
+//!
+//! Each program checks itself, prints one `<name>: FAIL: ...` line and exits non-zero on
+//! any mismatch, and ends with `<name>: ok`. Sizes here are small so the suite stays
+//! fast; the programs' own defaults are the full-size runs (see each file's header).
+//!
+//! `api.c` links against the no-op `libfarmem.so` (crates/farmem-capi, a dev-dependency
+//! so that `cargo test` builds it) the way an installed program would: through the
+//! SONAME `libfarmem.so.0`, found by rpath.
+//!
+//! The `farmem run` variants need `farmem run` and `libfarmem_preload.so` built beside the
+//! `farmem` binary (`cargo build --workspace`, which scripts/test.sh does first).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The flags every C file in the project compiles cleanly with.
+const CFLAGS: &[&str] = &["-O2", "-Wall", "-Wextra", "-Werror", "-pthread"];
+
+/// A hung program is killed after this long and the test fails.
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The local budget for the `farmem run` variants: far below every program's heap.
+const LOCAL_MEM: &str = "8M";
+
+const TORTURE_ARGS: &[&str] = &["--heap", "128M", "--threads", "4", "--seconds", "3"];
+const QUICKSORT_ARGS: &[&str] = &["--size", "64M"];
+const SKEWED_ARGS: &[&str] = &["--size", "64M", "--seconds", "2"];
+const API_ARGS: &[&str] = &["--size", "32M"];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// target/<profile>, where cargo put the farmem binary (and the workspace's cdylibs).
+fn profile_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_farmem"))
+        .parent()
+        .expect("the farmem binary is inside a directory")
+        .to_path_buf()
+}
+
+/// The stub library, as built for this test run: cargo builds a dev-dependency's cdylib
+/// into deps/; a `cargo build` of the workspace also copies it up a level.
+fn stub_library() -> PathBuf {
+    let dir = profile_dir();
+    let candidates = [
+        dir.join("deps/libfarmem_capi.so"),
+        dir.join("libfarmem_capi.so"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfarmem_capi.so (the stub libfarmem.so) is in none of {candidates:?}; \
+                 build it with `cargo build -p farmem-capi`"
+            )
+        })
+}
+
+/// Where the compiled programs are, or None when gcc is missing.
+fn programs() -> Option<&'static Path> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(compile_all).as_deref()
+}
+
+fn compile_all() -> Option<PathBuf> {
+    if let Err(e) = Command::new("gcc").arg("--version").output() {
+        eprintln!("skipping the C program tests: gcc is not available ({e})");
+        return None;
+    }
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_programs");
+    remove_stale_dirs(&base);
+    let dir = base.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+
+    // The installed layout in miniature: libfarmem.so for the linker, libfarmem.so.0 (the
+    // SONAME) for the loader.
+    let stub = stub_library();
+    for name in ["libfarmem.so", "libfarmem.so.0"] {
+        std::os::unix::fs::symlink(&stub, lib.join(name)).unwrap();
+    }
+
+    let src = repo_root().join("tests/c");
+    for name in ["torture", "quicksort", "skewed"] {
+        gcc(
+            &dir,
+            name,
+            &[src.join(format!("{name}.c")).into_os_string()],
+        );
+    }
+    let include = repo_root().join("include");
+    gcc(
+        &dir,
+        "api",
+        &[
+            format!("-I{}", include.display()).into(),
+            src.join("api.c").into_os_string(),
+            format!("-L{}", lib.display()).into(),
+            "-lfarmem".into(),
+            format!("-Wl,-rpath,{}", lib.display()).into(),
+        ],
+    );
+    Some(dir)
+}
+
+fn gcc(dir: &Path, name: &str, args: &[std::ffi::OsString]) {
+    let out = Command::new("gcc")
+        .args(CFLAGS)
+        .args(args)
+        .arg("-o")
+        .arg(dir.join(name))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gcc failed on {name}.c:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Build directories of test processes that are gone.
+fn remove_stale_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let alive = e
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Runs `cmd` in its own process group, killing the group if it outlives TIMEOUT.
+fn run(mut cmd: Command, what: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let mut err = Vec::new();
+        let reader = std::thread::spawn(move || {
+            let _ = stderr.read_to_end(&mut err);
+            err
+        });
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        let err = reader.join().unwrap();
+        let status = child.wait().unwrap();
+        let _ = tx.send(Output {
+            status,
+            stdout: out,
+            stderr: err,
+        });
+    });
+    let start = Instant::now();
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(out) => {
+            t.join().unwrap();
+            eprintln!("{what}: {:.1} s", start.elapsed().as_secs_f64());
+            out
+        }
+        Err(_) => {
+            // SAFETY: kill(2) with a negative pid signals the process group the child
+            // leads (process_group(0) above); it touches no memory of ours.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            let out = rx.recv().unwrap();
+            panic!(
+                "{what}: still running after {} s, killed\n{}",
+                TIMEOUT.as_secs(),
+                describe(&out)
+            );
+        }
+    }
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs the program plainly, or under `farmem run`; asserts exit status 0 and the ok
+/// line, and returns stdout.
+fn run_program(name: &str, args: &[&str], under_farmem: bool) -> Option<String> {
+    let exe = programs()?.join(name);
+    let (cmd, what) = if under_farmem {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_farmem"));
+        c.args(["run", "--local-mem", LOCAL_MEM, "--backend", "mem:", "--"])
+            .arg(&exe)
+            .args(args);
+        (
+            c,
+            format!(
+                "farmem run --local-mem {LOCAL_MEM} --backend mem: -- {name} {}",
+                args.join(" ")
+            ),
+        )
+    } else {
+        let mut c = Command::new(&exe);
+        c.args(args);
+        (c, format!("{name} {}", args.join(" ")))
+    };
+    let out = run(cmd, &what);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprint!("{stdout}");
+    let ok_line = format!("{name}: ok");
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == ok_line),
+        "{what} did not end with `{ok_line}` and status 0\n{}",
+        describe(&out)
+    );
+    Some(stdout)
+}
+
+#[test]
+fn torture_plain() {
+    run_program("torture", TORTURE_ARGS, false);
+}
+
+#[test]
+fn torture_under_farmem() {
+    run_program("torture", TORTURE_ARGS, true);
+}
+
+#[test]
+fn quicksort_plain() {
+    run_program("quicksort", QUICKSORT_ARGS, false);
+}
+
+#[test]
+fn quicksort_under_farmem() {
+    run_program("quicksort", QUICKSORT_ARGS, true);
+}
+
+#[test]
+fn skewed_plain() {
+    run_program("skewed", SKEWED_ARGS, false);
+}
+
+#[test]
+fn skewed_under_farmem() {
+    run_program("skewed", SKEWED_ARGS, true);
+}
+
+/// Linked against the stub and run plainly: inactive, hints accepted, no stats.
+#[test]
+fn api_without_farmem() {
+    let Some(out) = run_program("api", API_ARGS, false) else {
+        return;
+    };
+    for line in [
+        "api: farmem_active() = 0",
+        "api: farmem_advise(99) = -1, errno EINVAL",
+        "api: prefetch hook called 0 times, 0 for faults in the buffer",
+        "api: farmem_stats() = -1, errno ENOSYS",
+        "api: farmem_stats() zeroed *out",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
+    }
+}
+
+/// The same binary under `farmem run`: the preloaded library's calls replace the stub's.
+#[test]
+fn api_under_farmem() {
+    let Some(out) = run_program("api", API_ARGS, true) else {
+        return;
+    };
+    assert!(
+        out.lines().any(|l| l == "api: farmem_active() = 1"),
+        "farmem_active() is not 1 under farmem run:\n{out}"
+    );
+    let faults: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("api: farmem_stats() = 0: faults "))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no farmem_stats line with faults in:\n{out}"));
+    assert!(faults > 0, "no faults counted under farmem run:\n{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("api: prefetch hook called") && !l.contains(" 0 for faults")),
+        "the prefetch hook was not called for faults in the buffer:\n{out}"
+    );
+}
