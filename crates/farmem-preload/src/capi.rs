@@ -37,7 +37,10 @@ fn clip(addr: *const c_void, len: size_t) -> Option<(usize, usize)> {
     let rt = rt::rt()?;
     let base = rt.region.as_ptr() as usize;
     let end = base + rt.region.len();
-    let (s, e) = ((addr as usize).max(base), (addr as usize).saturating_add(len).min(end));
+    let (s, e) = (
+        (addr as usize).max(base),
+        (addr as usize).saturating_add(len).min(end),
+    );
     (s < e).then(|| (s - base, e - s))
 }
 

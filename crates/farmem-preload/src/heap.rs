@@ -83,7 +83,9 @@ impl Inner {
         // the process, and starts where the pool so far ends.
         let used = unsafe {
             if self.pool == 0 {
-                self.tlsf.insert_free_block_ptr(block).map_or(0, |n| n.get())
+                self.tlsf
+                    .insert_free_block_ptr(block)
+                    .map_or(0, |n| n.get())
             } else {
                 self.tlsf.append_free_block_ptr(block)
             }
@@ -115,15 +117,19 @@ impl Inner {
             self.over_aligned.remove(&p).unwrap_or(16)
         };
         // SAFETY: the caller's contract; the alignment is the one it was allocated with.
-        unsafe { self.tlsf.deallocate(NonNull::new_unchecked(p as *mut u8), align) };
+        unsafe {
+            self.tlsf
+                .deallocate(NonNull::new_unchecked(p as *mut u8), align)
+        };
     }
 }
 
-/// Usable bytes of a block of this heap.
+/// Usable bytes of a block of this heap. Under the heap lock: TLSF finds the header by
+/// looking at the previous block's, which other threads change as they free and split.
 ///
 /// # Safety
-/// `p` is a live block of this heap.
-unsafe fn block_size(p: usize) -> usize {
+/// `p` is a live block of this heap; the caller holds the lock.
+unsafe fn block_size(_locked: &Inner, p: usize) -> usize {
     // SAFETY: the caller's contract.
     unsafe { Tlsf::allocation_usable_size(NonNull::new_unchecked(p as *mut u8)) }
 }
@@ -201,11 +207,17 @@ pub(crate) unsafe fn free(p: *mut c_void) {
         unsafe { crate::libc_free(p) };
         return;
     }
-    // SAFETY: a live block of ours (free's contract).
-    let size = unsafe { block_size(a) };
-    give_back(a, size);
+    let mut h = lock();
+    // SAFETY: a live block of ours (free's contract), under the lock.
+    let size = unsafe { block_size(&h, a) };
+    if size >= DISCARD_MIN {
+        // Give the pages back outside the lock (the block is still ours meanwhile).
+        drop(h);
+        give_back(a, size);
+        h = lock();
+    }
     // SAFETY: as above.
-    unsafe { lock().deallocate(a) };
+    unsafe { h.deallocate(a) };
 }
 
 /// realloc(3).
@@ -226,9 +238,9 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize, caller: usize) -> *mut
         unsafe { free(p) };
         return std::ptr::null_mut();
     }
-    // SAFETY: a live block of ours.
-    let old = unsafe { block_size(a) };
     let mut h = lock();
+    // SAFETY: a live block of ours, under the lock.
+    let old = unsafe { block_size(&h, a) };
     let align = h.align_of(a);
     if align == 16 {
         let Some(l) = layout(size, 16) else {
@@ -263,8 +275,9 @@ pub(crate) unsafe fn usable_size(p: *mut c_void) -> usize {
     if p.is_null() {
         0
     } else if owns(a) {
-        // SAFETY: a live block of ours.
-        unsafe { block_size(a) }
+        let h = lock();
+        // SAFETY: a live block of ours, under the lock.
+        unsafe { block_size(&h, a) }
     } else {
         rt::libc_usable_size(p)
     }

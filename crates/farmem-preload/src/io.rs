@@ -34,7 +34,10 @@ fn in_heap(p: usize, len: usize) -> bool {
 
 /// Pins and touches the far ones among `bufs`, then runs `call`, retrying on EFAULT.
 #[inline]
-fn guarded<R: Copy + PartialEq + From<i8>>(bufs: &[(usize, usize)], mut call: impl FnMut() -> R) -> R {
+fn guarded<R: Copy + PartialEq + From<i8>>(
+    bufs: &[(usize, usize)],
+    mut call: impl FnMut() -> R,
+) -> R {
     if !bufs.iter().any(|&(p, l)| in_heap(p, l)) {
         return call();
     }
@@ -42,7 +45,10 @@ fn guarded<R: Copy + PartialEq + From<i8>>(bufs: &[(usize, usize)], mut call: im
 }
 
 #[cold]
-fn guarded_slow<R: Copy + PartialEq + From<i8>>(bufs: &[(usize, usize)], call: &mut dyn FnMut() -> R) -> R {
+fn guarded_slow<R: Copy + PartialEq + From<i8>>(
+    bufs: &[(usize, usize)],
+    call: &mut dyn FnMut() -> R,
+) -> R {
     let limit = rt::rt().map_or(0, |r| r.pin_limit);
     let mut pins: [Option<Pin>; MAX_BUFS] = Default::default();
     for (i, &(p, l)) in bufs.iter().enumerate() {
@@ -76,7 +82,8 @@ fn is_regular(fd: c_int) -> bool {
     // SAFETY: fstat into a local.
     unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut st) == 0 && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFBLK)
+        libc::fstat(fd, &mut st) == 0
+            && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFBLK)
     }
 }
 
@@ -97,7 +104,10 @@ fn resolve(name: &std::ffi::CStr) -> usize {
     // SAFETY: dlsym with a NUL-terminated name.
     let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
     if f == 0 {
-        rt::die(&format!("cannot find the C library's {}", name.to_string_lossy()));
+        rt::die(&format!(
+            "cannot find the C library's {}",
+            name.to_string_lossy()
+        ));
     }
     f
 }
@@ -105,7 +115,11 @@ fn resolve(name: &std::ffi::CStr) -> usize {
 /// Resolves the wrapped functions at start-up, so that no later call has to.
 pub(crate) fn resolve_all() {
     // A sample that exercises the lazy path once; the rest resolve on first use.
-    let _ = real!(R0, c"read", unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t);
+    let _ = real!(
+        R0,
+        c"read",
+        unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t
+    );
 }
 
 type ReadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
@@ -189,7 +203,12 @@ macro_rules! positional {
         /// # Safety
         /// The function's own contract.
         #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(fd: c_int, buf: $bty, n: size_t, off: libc::off_t) -> ssize_t {
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            buf: $bty,
+            n: size_t,
+            off: libc::off_t,
+        ) -> ssize_t {
             let f = real!(REAL, $lit, $fty);
             let b = buf as usize;
             let c = chunk();
@@ -202,7 +221,9 @@ macro_rules! positional {
                 let len = c.min(n - done);
                 let p = b + done;
                 // SAFETY: a piece of the caller's buffer.
-                let r = guarded(&[(p, len)], || unsafe { f(fd, p as $bty, len, off + done as libc::off_t) });
+                let r = guarded(&[(p, len)], || unsafe {
+                    f(fd, p as $bty, len, off + done as libc::off_t)
+                });
                 if r < 0 {
                     return if done > 0 { done as ssize_t } else { r };
                 }
@@ -244,7 +265,11 @@ macro_rules! vectored {
         /// The function's own contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
-            let f = real!(REAL, $lit, unsafe extern "C" fn(c_int, *const iovec, c_int) -> ssize_t);
+            let f = real!(
+                REAL,
+                $lit,
+                unsafe extern "C" fn(c_int, *const iovec, c_int) -> ssize_t
+            );
             let mut bufs = Vec::new();
             iov_bufs(iov, n, &mut bufs);
             // SAFETY: forwarded.
@@ -262,8 +287,17 @@ macro_rules! vectored_at {
         /// # Safety
         /// The function's own contract.
         #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(fd: c_int, iov: *const iovec, n: c_int, off: libc::off_t) -> ssize_t {
-            let f = real!(REAL, $lit, unsafe extern "C" fn(c_int, *const iovec, c_int, libc::off_t) -> ssize_t);
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            iov: *const iovec,
+            n: c_int,
+            off: libc::off_t,
+        ) -> ssize_t {
+            let f = real!(
+                REAL,
+                $lit,
+                unsafe extern "C" fn(c_int, *const iovec, c_int, libc::off_t) -> ssize_t
+            );
             let mut bufs = Vec::new();
             iov_bufs(iov, n, &mut bufs);
             // SAFETY: forwarded.
@@ -282,7 +316,11 @@ vectored_at!(pwritev64, c"pwritev64");
 /// recv's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
-    let f = real!(REAL, c"recv", unsafe extern "C" fn(c_int, *mut c_void, size_t, c_int) -> ssize_t);
+    let f = real!(
+        REAL,
+        c"recv",
+        unsafe extern "C" fn(c_int, *mut c_void, size_t, c_int) -> ssize_t
+    );
     // SAFETY: forwarded.
     guarded(&[(buf as usize, n)], || unsafe { f(fd, buf, n, flags) })
 }
@@ -293,7 +331,11 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 /// send's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
-    let f = real!(REAL, c"send", unsafe extern "C" fn(c_int, *const c_void, size_t, c_int) -> ssize_t);
+    let f = real!(
+        REAL,
+        c"send",
+        unsafe extern "C" fn(c_int, *const c_void, size_t, c_int) -> ssize_t
+    );
     // SAFETY: forwarded.
     guarded(&[(buf as usize, n)], || unsafe { f(fd, buf, n, flags) })
 }
@@ -323,9 +365,20 @@ pub unsafe extern "C" fn recvfrom(
     let f = real!(
         REAL,
         c"recvfrom",
-        unsafe extern "C" fn(c_int, *mut c_void, size_t, c_int, *mut sockaddr, *mut socklen_t) -> ssize_t
+        unsafe extern "C" fn(
+            c_int,
+            *mut c_void,
+            size_t,
+            c_int,
+            *mut sockaddr,
+            *mut socklen_t,
+        ) -> ssize_t
     );
-    let bufs = [(buf as usize, n), (addr as usize, addr_len(alen)), (alen as usize, 4)];
+    let bufs = [
+        (buf as usize, n),
+        (addr as usize, addr_len(alen)),
+        (alen as usize, 4),
+    ];
     // SAFETY: forwarded.
     guarded(&bufs, || unsafe { f(fd, buf, n, flags, addr, alen) })
 }
@@ -346,7 +399,14 @@ pub unsafe extern "C" fn sendto(
     let f = real!(
         REAL,
         c"sendto",
-        unsafe extern "C" fn(c_int, *const c_void, size_t, c_int, *const sockaddr, socklen_t) -> ssize_t
+        unsafe extern "C" fn(
+            c_int,
+            *const c_void,
+            size_t,
+            c_int,
+            *const sockaddr,
+            socklen_t,
+        ) -> ssize_t
     );
     let bufs = [(buf as usize, n), (addr as usize, alen as usize)];
     // SAFETY: forwarded.
@@ -374,7 +434,11 @@ fn msg_bufs(m: *const msghdr, out: &mut Vec<(usize, usize)>) {
 /// recvmsg's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recvmsg(fd: c_int, m: *mut msghdr, flags: c_int) -> ssize_t {
-    let f = real!(REAL, c"recvmsg", unsafe extern "C" fn(c_int, *mut msghdr, c_int) -> ssize_t);
+    let f = real!(
+        REAL,
+        c"recvmsg",
+        unsafe extern "C" fn(c_int, *mut msghdr, c_int) -> ssize_t
+    );
     let mut bufs = Vec::new();
     msg_bufs(m, &mut bufs);
     // SAFETY: forwarded.
@@ -387,7 +451,11 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, m: *mut msghdr, flags: c_int) -> ssi
 /// sendmsg's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendmsg(fd: c_int, m: *const msghdr, flags: c_int) -> ssize_t {
-    let f = real!(REAL, c"sendmsg", unsafe extern "C" fn(c_int, *const msghdr, c_int) -> ssize_t);
+    let f = real!(
+        REAL,
+        c"sendmsg",
+        unsafe extern "C" fn(c_int, *const msghdr, c_int) -> ssize_t
+    );
     let mut bufs = Vec::new();
     msg_bufs(m, &mut bufs);
     // SAFETY: forwarded.
@@ -399,8 +467,17 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, m: *const msghdr, flags: c_int) -> s
 /// # Safety
 /// epoll_wait's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn epoll_wait(ep: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
-    let f = real!(REAL, c"epoll_wait", unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int);
+pub unsafe extern "C" fn epoll_wait(
+    ep: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    let f = real!(
+        REAL,
+        c"epoll_wait",
+        unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int
+    );
     let len = max.max(0) as usize * std::mem::size_of::<libc::epoll_event>();
     // SAFETY: forwarded.
     guarded(&[(ev as usize, len)], || unsafe { f(ep, ev, max, timeout) })
@@ -421,11 +498,19 @@ pub unsafe extern "C" fn epoll_pwait(
     let f = real!(
         REAL,
         c"epoll_pwait",
-        unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int
+        unsafe extern "C" fn(
+            c_int,
+            *mut libc::epoll_event,
+            c_int,
+            c_int,
+            *const libc::sigset_t,
+        ) -> c_int
     );
     let len = max.max(0) as usize * std::mem::size_of::<libc::epoll_event>();
     // SAFETY: forwarded.
-    guarded(&[(ev as usize, len)], || unsafe { f(ep, ev, max, timeout, mask) })
+    guarded(&[(ev as usize, len)], || unsafe {
+        f(ep, ev, max, timeout, mask)
+    })
 }
 
 /// epoll_ctl(2).
@@ -433,10 +518,22 @@ pub unsafe extern "C" fn epoll_pwait(
 /// # Safety
 /// epoll_ctl's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
-    let f = real!(REAL, c"epoll_ctl", unsafe extern "C" fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int);
+pub unsafe extern "C" fn epoll_ctl(
+    ep: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut libc::epoll_event,
+) -> c_int {
+    let f = real!(
+        REAL,
+        c"epoll_ctl",
+        unsafe extern "C" fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int
+    );
     // SAFETY: forwarded.
-    guarded(&[(ev as usize, std::mem::size_of::<libc::epoll_event>())], || unsafe { f(ep, op, fd, ev) })
+    guarded(
+        &[(ev as usize, std::mem::size_of::<libc::epoll_event>())],
+        || unsafe { f(ep, op, fd, ev) },
+    )
 }
 
 /// poll(2).
@@ -445,7 +542,11 @@ pub unsafe extern "C" fn epoll_ctl(ep: c_int, op: c_int, fd: c_int, ev: *mut lib
 /// poll's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
-    let f = real!(REAL, c"poll", unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int);
+    let f = real!(
+        REAL,
+        c"poll",
+        unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int
+    );
     let len = n as usize * std::mem::size_of::<libc::pollfd>();
     // SAFETY: forwarded.
     guarded(&[(fds as usize, len)], || unsafe { f(fds, n, timeout) })
@@ -459,9 +560,15 @@ macro_rules! sockaddr_in {
         /// The function's own contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-            let f = real!(REAL, $lit, unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int);
+            let f = real!(
+                REAL,
+                $lit,
+                unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int
+            );
             // SAFETY: forwarded.
-            guarded(&[(addr as usize, len as usize)], || unsafe { f(fd, addr, len) })
+            guarded(&[(addr as usize, len as usize)], || unsafe {
+                f(fd, addr, len)
+            })
         }
     };
 }
@@ -475,8 +582,16 @@ macro_rules! sockaddr_out {
         /// # Safety
         /// The function's own contract.
         #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-            let f = real!(REAL, $lit, unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int);
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            addr: *mut sockaddr,
+            len: *mut socklen_t,
+        ) -> c_int {
+            let f = real!(
+                REAL,
+                $lit,
+                unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int
+            );
             let bufs = [(addr as usize, addr_len(len)), (len as usize, 4)];
             // SAFETY: forwarded.
             guarded(&bufs, || unsafe { f(fd, addr, len) })
@@ -492,8 +607,17 @@ sockaddr_out!(getpeername, c"getpeername");
 /// # Safety
 /// accept4's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
-    let f = real!(REAL, c"accept4", unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int);
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let f = real!(
+        REAL,
+        c"accept4",
+        unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int
+    );
     let bufs = [(addr as usize, addr_len(len)), (len as usize, 4)];
     // SAFETY: forwarded.
     guarded(&bufs, || unsafe { f(fd, addr, len, flags) })
@@ -504,7 +628,13 @@ pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut sockl
 /// # Safety
 /// getsockopt's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int {
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
     let f = real!(
         REAL,
         c"getsockopt",
@@ -520,10 +650,22 @@ pub unsafe extern "C" fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *
 /// # Safety
 /// setsockopt's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
-    let f = real!(REAL, c"setsockopt", unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int);
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    let f = real!(
+        REAL,
+        c"setsockopt",
+        unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int
+    );
     // SAFETY: forwarded.
-    guarded(&[(val as usize, len as usize)], || unsafe { f(fd, level, name, val, len) })
+    guarded(&[(val as usize, len as usize)], || unsafe {
+        f(fd, level, name, val, len)
+    })
 }
 
 /// getrandom(2).
@@ -532,7 +674,11 @@ pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *
 /// getrandom's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getrandom(buf: *mut c_void, n: size_t, flags: c_uint) -> ssize_t {
-    let f = real!(REAL, c"getrandom", unsafe extern "C" fn(*mut c_void, size_t, c_uint) -> ssize_t);
+    let f = real!(
+        REAL,
+        c"getrandom",
+        unsafe extern "C" fn(*mut c_void, size_t, c_uint) -> ssize_t
+    );
     // SAFETY: forwarded.
     guarded(&[(buf as usize, n)], || unsafe { f(buf, n, flags) })
 }
@@ -571,10 +717,21 @@ path_call!(mkdir, c"mkdir", (mode: libc::mode_t));
 /// # Safety
 /// openat's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn openat(dir: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    let f = real!(REAL, c"openat", unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint) -> c_int);
+pub unsafe extern "C" fn openat(
+    dir: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    let f = real!(
+        REAL,
+        c"openat",
+        unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint) -> c_int
+    );
     // SAFETY: forwarded.
-    guarded(&[(path as usize, cstr_len(path))], || unsafe { f(dir, path, flags, mode) })
+    guarded(&[(path as usize, cstr_len(path))], || unsafe {
+        f(dir, path, flags, mode)
+    })
 }
 
 /// rename(2).
@@ -583,9 +740,16 @@ pub unsafe extern "C" fn openat(dir: c_int, path: *const c_char, flags: c_int, m
 /// rename's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rename(a: *const c_char, b: *const c_char) -> c_int {
-    let f = real!(REAL, c"rename", unsafe extern "C" fn(*const c_char, *const c_char) -> c_int);
+    let f = real!(
+        REAL,
+        c"rename",
+        unsafe extern "C" fn(*const c_char, *const c_char) -> c_int
+    );
     // SAFETY: forwarded.
-    guarded(&[(a as usize, cstr_len(a)), (b as usize, cstr_len(b))], || unsafe { f(a, b) })
+    guarded(
+        &[(a as usize, cstr_len(a)), (b as usize, cstr_len(b))],
+        || unsafe { f(a, b) },
+    )
 }
 
 macro_rules! stat_call {
@@ -596,8 +760,15 @@ macro_rules! stat_call {
         /// The function's own contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(path: *const c_char, st: *mut libc::stat) -> c_int {
-            let f = real!(REAL, $lit, unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int);
-            let bufs = [(path as usize, cstr_len(path)), (st as usize, std::mem::size_of::<libc::stat>())];
+            let f = real!(
+                REAL,
+                $lit,
+                unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int
+            );
+            let bufs = [
+                (path as usize, cstr_len(path)),
+                (st as usize, std::mem::size_of::<libc::stat>()),
+            ];
             // SAFETY: forwarded.
             guarded(&bufs, || unsafe { f(path, st) })
         }
@@ -612,9 +783,16 @@ stat_call!(lstat, c"lstat");
 /// fstat's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fstat(fd: c_int, st: *mut libc::stat) -> c_int {
-    let f = real!(REAL, c"fstat", unsafe extern "C" fn(c_int, *mut libc::stat) -> c_int);
+    let f = real!(
+        REAL,
+        c"fstat",
+        unsafe extern "C" fn(c_int, *mut libc::stat) -> c_int
+    );
     // SAFETY: forwarded.
-    guarded(&[(st as usize, std::mem::size_of::<libc::stat>())], || unsafe { f(fd, st) })
+    guarded(
+        &[(st as usize, std::mem::size_of::<libc::stat>())],
+        || unsafe { f(fd, st) },
+    )
 }
 
 /// fread(3): for large reads the C library reads straight into the caller's buffer.
@@ -622,8 +800,17 @@ pub unsafe extern "C" fn fstat(fd: c_int, st: *mut libc::stat) -> c_int {
 /// # Safety
 /// fread's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn fread(buf: *mut c_void, size: size_t, n: size_t, fp: *mut libc::FILE) -> size_t {
-    let f = real!(REAL, c"fread", unsafe extern "C" fn(*mut c_void, size_t, size_t, *mut libc::FILE) -> size_t);
+pub unsafe extern "C" fn fread(
+    buf: *mut c_void,
+    size: size_t,
+    n: size_t,
+    fp: *mut libc::FILE,
+) -> size_t {
+    let f = real!(
+        REAL,
+        c"fread",
+        unsafe extern "C" fn(*mut c_void, size_t, size_t, *mut libc::FILE) -> size_t
+    );
     let total = size.saturating_mul(n);
     let b = buf as usize;
     if !in_heap(b, total) || total <= chunk() || size == 0 {
@@ -659,8 +846,17 @@ pub unsafe extern "C" fn fread(buf: *mut c_void, size: size_t, n: size_t, fp: *m
 /// # Safety
 /// fwrite's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn fwrite(buf: *const c_void, size: size_t, n: size_t, fp: *mut libc::FILE) -> size_t {
-    let f = real!(REAL, c"fwrite", unsafe extern "C" fn(*const c_void, size_t, size_t, *mut libc::FILE) -> size_t);
+pub unsafe extern "C" fn fwrite(
+    buf: *const c_void,
+    size: size_t,
+    n: size_t,
+    fp: *mut libc::FILE,
+) -> size_t {
+    let f = real!(
+        REAL,
+        c"fwrite",
+        unsafe extern "C" fn(*const c_void, size_t, size_t, *mut libc::FILE) -> size_t
+    );
     let total = size.saturating_mul(n);
     let b = buf as usize;
     if !in_heap(b, total) || size == 0 {
@@ -702,12 +898,20 @@ fn pin_obj(p: usize, len: usize) -> Option<Pin> {
 /// pthread_mutex_lock's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_int {
-    let f = real!(REAL, c"pthread_mutex_lock", unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int);
+    let f = real!(
+        REAL,
+        c"pthread_mutex_lock",
+        unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int
+    );
     if !in_heap(m as usize, 1) {
         // SAFETY: forwarded.
         return unsafe { f(m) };
     }
-    let t = real!(TRY, c"pthread_mutex_trylock", unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int);
+    let t = real!(
+        TRY,
+        c"pthread_mutex_trylock",
+        unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int
+    );
     // SAFETY: forwarded.
     let r = unsafe { t(m) };
     if r != libc::EBUSY {
@@ -723,7 +927,10 @@ pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_
 /// # Safety
 /// pthread_cond_wait's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn pthread_cond_wait(c: *mut libc::pthread_cond_t, m: *mut libc::pthread_mutex_t) -> c_int {
+pub unsafe extern "C" fn pthread_cond_wait(
+    c: *mut libc::pthread_cond_t,
+    m: *mut libc::pthread_mutex_t,
+) -> c_int {
     let f = real!(
         REAL,
         c"pthread_cond_wait",
@@ -748,7 +955,11 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
     let f = real!(
         REAL,
         c"pthread_cond_timedwait",
-        unsafe extern "C" fn(*mut libc::pthread_cond_t, *mut libc::pthread_mutex_t, *const libc::timespec) -> c_int
+        unsafe extern "C" fn(
+            *mut libc::pthread_cond_t,
+            *mut libc::pthread_mutex_t,
+            *const libc::timespec,
+        ) -> c_int
     );
     let _a = pin_obj(c as usize, std::mem::size_of::<libc::pthread_cond_t>());
     let _b = pin_obj(m as usize, std::mem::size_of::<libc::pthread_mutex_t>());
@@ -763,7 +974,11 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
 /// sem_wait's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sem_wait(s: *mut libc::sem_t) -> c_int {
-    let f = real!(REAL, c"sem_wait", unsafe extern "C" fn(*mut libc::sem_t) -> c_int);
+    let f = real!(
+        REAL,
+        c"sem_wait",
+        unsafe extern "C" fn(*mut libc::sem_t) -> c_int
+    );
     let _a = pin_obj(s as usize, std::mem::size_of::<libc::sem_t>());
     // SAFETY: forwarded.
     unsafe { f(s) }
@@ -775,16 +990,38 @@ pub unsafe extern "C" fn sem_wait(s: *mut libc::sem_t) -> c_int {
 /// syscall's contract. Declared with six arguments after the number: the C function is
 /// variadic, and on x86-64 the extra arguments sit where these are read from.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn syscall(n: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long, d: libc::c_long, e: libc::c_long, g: libc::c_long) -> libc::c_long {
+pub unsafe extern "C" fn syscall(
+    n: libc::c_long,
+    a: libc::c_long,
+    b: libc::c_long,
+    c: libc::c_long,
+    d: libc::c_long,
+    e: libc::c_long,
+    g: libc::c_long,
+) -> libc::c_long {
     let f = real!(
         REAL,
         c"syscall",
-        unsafe extern "C" fn(libc::c_long, libc::c_long, libc::c_long, libc::c_long, libc::c_long, libc::c_long, libc::c_long) -> libc::c_long
+        unsafe extern "C" fn(
+            libc::c_long,
+            libc::c_long,
+            libc::c_long,
+            libc::c_long,
+            libc::c_long,
+            libc::c_long,
+            libc::c_long,
+        ) -> libc::c_long
     );
     if n == libc::SYS_futex {
         let op = (b as c_int) & 0x7f;
         let mut bufs = vec![(a as usize, 4)];
-        if matches!(op, libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE | libc::FUTEX_WAKE_OP | libc::FUTEX_CMP_REQUEUE_PI) {
+        if matches!(
+            op,
+            libc::FUTEX_REQUEUE
+                | libc::FUTEX_CMP_REQUEUE
+                | libc::FUTEX_WAKE_OP
+                | libc::FUTEX_CMP_REQUEUE_PI
+        ) {
             bufs.push((e as usize, 4));
         }
         // SAFETY: forwarded.
@@ -801,7 +1038,14 @@ pub unsafe extern "C" fn syscall(n: libc::c_long, a: libc::c_long, b: libc::c_lo
 /// # Safety
 /// mmap's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
     let f = real!(
         REAL,
         c"mmap",
@@ -821,7 +1065,14 @@ pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags
 /// # Safety
 /// mmap's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
     // SAFETY: forwarded.
     unsafe { mmap(addr, len, prot, flags, fd, off) }
 }
@@ -848,7 +1099,11 @@ fn far_candidate(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int) -> b
 /// munmap's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
-    let f = real!(REAL, c"munmap", unsafe extern "C" fn(*mut c_void, size_t) -> c_int);
+    let f = real!(
+        REAL,
+        c"munmap",
+        unsafe extern "C" fn(*mut c_void, size_t) -> c_int
+    );
     if owns(addr as usize) {
         if (addr as usize) % 4096 == 0 && crate::heap::mmap_free(addr as usize, len) {
             return 0;
@@ -866,7 +1121,13 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
 /// # Safety
 /// mremap's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mremap(old: *mut c_void, old_len: size_t, new_len: size_t, flags: c_int, new_addr: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: size_t,
+    new_len: size_t,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
     let f = real!(
         REAL,
         c"mremap",
@@ -914,7 +1175,11 @@ pub unsafe extern "C" fn mremap(old: *mut c_void, old_len: size_t, new_len: size
 /// madvise's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
-    let f = real!(REAL, c"madvise", unsafe extern "C" fn(*mut c_void, size_t, c_int) -> c_int);
+    let f = real!(
+        REAL,
+        c"madvise",
+        unsafe extern "C" fn(*mut c_void, size_t, c_int) -> c_int
+    );
     let a = addr as usize;
     if !owns(a) {
         // SAFETY: forwarded.
@@ -944,7 +1209,11 @@ static SIG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// # Safety
 /// sigaction's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
     let f = real!(
         REAL,
         c"sigaction",
@@ -992,7 +1261,11 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
 /// signal's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn signal(sig: c_int, h: libc::sighandler_t) -> libc::sighandler_t {
-    let f = real!(REAL, c"signal", unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t);
+    let f = real!(
+        REAL,
+        c"signal",
+        unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t
+    );
     if sig != libc::SIGBUS || !rt::ready() || !farmem::sys::signal::installed() {
         // SAFETY: forwarded.
         return unsafe { f(sig, h) };
@@ -1008,7 +1281,11 @@ pub unsafe extern "C" fn signal(sig: c_int, h: libc::sighandler_t) -> libc::sigh
     old.sa_sigaction
 }
 
-fn unblock_bus(how: c_int, set: *const libc::sigset_t, copy: &mut libc::sigset_t) -> *const libc::sigset_t {
+fn unblock_bus(
+    how: c_int,
+    set: *const libc::sigset_t,
+    copy: &mut libc::sigset_t,
+) -> *const libc::sigset_t {
     if set.is_null() || how == libc::SIG_UNBLOCK || !rt::ready() {
         return set;
     }
@@ -1024,7 +1301,11 @@ fn unblock_bus(how: c_int, set: *const libc::sigset_t, copy: &mut libc::sigset_t
 /// # Safety
 /// sigprocmask's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn sigprocmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
     let f = real!(
         REAL,
         c"sigprocmask",
@@ -1042,7 +1323,11 @@ pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old
 /// # Safety
 /// pthread_sigmask's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn pthread_sigmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
     let f = real!(
         REAL,
         c"pthread_sigmask",

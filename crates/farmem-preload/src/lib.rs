@@ -72,7 +72,10 @@ unsafe impl std::alloc::GlobalAlloc for LibcAlloc {
             if l.align() <= 16 {
                 __libc_realloc(p.cast(), new).cast()
             } else {
-                let q = self.alloc(std::alloc::Layout::from_size_align_unchecked(new, l.align()));
+                let q = self.alloc(std::alloc::Layout::from_size_align_unchecked(
+                    new,
+                    l.align(),
+                ));
                 if !q.is_null() {
                     std::ptr::copy_nonoverlapping(p, q, l.size().min(new));
                     self.dealloc(p, l);
@@ -86,6 +89,6 @@ unsafe impl std::alloc::GlobalAlloc for LibcAlloc {
 #[global_allocator]
 static GLOBAL: LibcAlloc = LibcAlloc;
 
+pub(crate) use self::__libc_realloc as libc_realloc;
 pub(crate) use self::{__libc_calloc as libc_calloc, __libc_free as libc_free};
 pub(crate) use self::{__libc_malloc as libc_malloc, __libc_memalign as libc_memalign};
-pub(crate) use self::__libc_realloc as libc_realloc;

@@ -164,10 +164,16 @@ fn init() -> Result<(), String> {
         .transpose()?
         .unwrap_or_default();
     let heap_max = env_bytes("FARMEM_HEAP_MAX", 128 << 30);
-    MMAP_THRESHOLD.store(env_bytes("FARMEM_MMAP_THRESHOLD", 256 << 10).max(4096), Relaxed);
+    MMAP_THRESHOLD.store(
+        env_bytes("FARMEM_MMAP_THRESHOLD", 256 << 10).max(4096),
+        Relaxed,
+    );
     let stats = env("FARMEM_STATS").is_some_and(|v| v != "0");
     let interval: Option<f64> = env("FARMEM_STATS_INTERVAL")
-        .map(|v| v.parse().map_err(|_| format!("FARMEM_STATS_INTERVAL={v} is not a number of seconds")))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("FARMEM_STATS_INTERVAL={v} is not a number of seconds"))
+        })
         .transpose()?;
     // SAFETY: start-up, before the program's main; no other thread reads the environment.
     unsafe {
@@ -190,7 +196,8 @@ fn init() -> Result<(), String> {
     // heap is locked before the engine closes its gate (a thread inside malloc may be
     // faulting, which needs the gate open).
     // SAFETY: three extern "C" functions with no arguments.
-    let rc = unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    let rc =
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
     if rc != 0 {
         return Err("cannot register fork handlers".into());
     }
@@ -199,7 +206,14 @@ fn init() -> Result<(), String> {
     let pin_limit = (budget / 4).max(64 << 10);
     let base = region.as_ptr() as usize;
     let len = region.len();
-    if RT.set(Runtime { engine, region, pin_limit }).is_err() {
+    if RT
+        .set(Runtime {
+            engine,
+            region,
+            pin_limit,
+        })
+        .is_err()
+    {
         return Err("started twice".into());
     }
     // SAFETY: getpid has no preconditions.
@@ -235,7 +249,11 @@ extern "C" fn fork_child() {
 }
 
 fn find_libc_text() {
-    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> i32 {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut libc::c_void,
+    ) -> i32 {
         // SAFETY: the loader passes a valid dl_phdr_info; `data` is our counter.
         unsafe {
             let info = &*info;
@@ -244,7 +262,8 @@ fn find_libc_text() {
                 return 0;
             }
             let name = std::ffi::CStr::from_ptr(info.dlpi_name).to_bytes();
-            let is_libc = name.windows(8).any(|w| w == b"libc.so.") || name.windows(8).any(|w| w == b"ld-linux");
+            let is_libc = name.windows(8).any(|w| w == b"libc.so.")
+                || name.windows(8).any(|w| w == b"ld-linux");
             // This library too: the Rust standard library allocates some things through
             // `System` (plain malloc) rather than the global allocator.
             let me = start as *const () as usize;
@@ -258,7 +277,10 @@ fn find_libc_text() {
             }
             for i in 0..info.dlpi_phnum as usize {
                 let ph = &*info.dlpi_phdr.add(i);
-                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 && *n < LIBC_TEXT.len() {
+                if ph.p_type == libc::PT_LOAD
+                    && ph.p_flags & libc::PF_X != 0
+                    && *n < LIBC_TEXT.len()
+                {
                     let s = info.dlpi_addr as usize + ph.p_vaddr as usize;
                     LIBC_TEXT[*n].1.store(s + ph.p_memsz as usize, Relaxed);
                     LIBC_TEXT[*n].0.store(s, Relaxed);

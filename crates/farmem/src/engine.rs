@@ -260,8 +260,8 @@ impl Engine {
             fault_mode,
             shutdown: AtomicBool::new(false),
         });
-        let handle = spawn_reclaimer(&shared)
-            .map_err(|e| Error::os("spawn the reclaimer thread", e))?;
+        let handle =
+            spawn_reclaimer(&shared).map_err(|e| Error::os("spawn the reclaimer thread", e))?;
         crate::fork::track_engine(&shared);
         Ok(Engine {
             shared,
@@ -595,6 +595,24 @@ impl Shared {
         if victims.is_empty() {
             return 0;
         }
+        let zapping = crate::pin::zapping();
+        let victims = if crate::pin::any() {
+            // Pages pinned for a system call stay (see `pin`).
+            let (keep, go): (Vec<_>, Vec<_>) = victims
+                .into_iter()
+                .partition(|(r, page, _)| crate::pin::is_pinned(r.page_addr(*page)));
+            for (r, page, prev) in &keep {
+                r.states[*page as usize].unlock(*prev);
+                self.policy_insert(&[PageRef {
+                    region: r.id,
+                    generation: prev.generation(),
+                    page: *page,
+                }]);
+            }
+            go
+        } else {
+            victims
+        };
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(victims.len());
         for (r, page, prev) in &victims {
             if prev.tag() == Tag::Active {
@@ -607,27 +625,7 @@ impl Shared {
         if let Err(e) = self.zapper.zap(&iov) {
             crate::fatal::die_io("could not unmap pages for eviction (madvise)", &e);
         }
-        let victims = if crate::pin::any() {
-            // Pinned since they were chosen: the kernel is about to touch them. Map them
-            // back (after the zap: see `pin`) and keep them.
-            let (keep, go): (Vec<_>, Vec<_>) = victims
-                .into_iter()
-                .partition(|(r, page, _)| crate::pin::is_pinned(r.page_addr(*page)));
-            for (r, page, prev) in &keep {
-                if prev.tag() == Tag::Active {
-                    crate::fault::remap(r, *page);
-                }
-                r.states[*page as usize].unlock(*prev);
-                self.policy_insert(&[PageRef {
-                    region: r.id,
-                    generation: prev.generation(),
-                    page: *page,
-                }]);
-            }
-            go
-        } else {
-            victims
-        };
+        drop(zapping);
         self.write_back_and_free(&victims, scratch);
         victims.len()
     }
@@ -810,21 +808,45 @@ impl ResidentView for View<'_> {
         if n == 0 {
             return young;
         }
-        let iov = [libc::iovec {
-            iov_base: r.page_addr(lo) as *mut libc::c_void,
-            iov_len: (hi - lo) as usize * PAGE_SIZE,
-        }];
-        if let Err(e) = self.shared.zapper.zap(&iov) {
-            crate::fatal::die_io("could not unmap pages to sample references (madvise)", &e);
-        }
-        let pins = crate::pin::any();
-        for &(p, s) in &locked[..n] {
-            if pins && crate::pin::is_pinned(r.page_addr(p)) {
-                // Pinned meanwhile: map it back and leave it referenced (see `pin`).
-                crate::fault::remap(r, p);
-                r.states[p as usize].unlock(s);
-                continue;
+        let zapping = crate::pin::zapping();
+        let mut demoted = n;
+        if crate::pin::any() {
+            // Leave pinned pages mapped (see `pin`): zap the runs between them, one call
+            // each, and keep the pinned ones as they were.
+            let mut run_start = None;
+            let mut keep = [false; CHUNK];
+            for (i, &(p, s)) in locked[..n].iter().enumerate() {
+                if crate::pin::is_pinned(r.page_addr(p)) {
+                    keep[i] = true;
+                    r.states[p as usize].unlock(s);
+                    demoted -= 1;
+                }
             }
+            for (i, &(p, _)) in locked[..n].iter().enumerate() {
+                match (keep[i], run_start) {
+                    (false, None) => run_start = Some(p),
+                    (true, Some(s0)) => {
+                        zap_pages(self.shared, r, s0, p);
+                        run_start = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s0) = run_start {
+                zap_pages(self.shared, r, s0, hi);
+            }
+            for (i, &(p, s)) in locked[..n].iter().enumerate() {
+                if !keep[i] {
+                    r.states[p as usize].unlock(s.with_tag(Tag::Inactive));
+                }
+            }
+            drop(zapping);
+            Counters::bump(&self.shared.counters.demoted, demoted as u64);
+            return demoted + young;
+        }
+        zap_pages(self.shared, r, lo, hi);
+        drop(zapping);
+        for &(p, s) in &locked[..n] {
             r.states[p as usize].unlock(s.with_tag(Tag::Inactive));
         }
         Counters::bump(&self.shared.counters.demoted, n as u64);
@@ -841,6 +863,17 @@ impl ResidentView for View<'_> {
 
     fn victims(&self) -> usize {
         self.victims.len()
+    }
+}
+
+/// Unmaps pages `[first, end)` of `r` (locked or unmapped by the caller) with one call.
+fn zap_pages(shared: &Shared, r: &RegionInner, first: u64, end: u64) {
+    let iov = [libc::iovec {
+        iov_base: r.page_addr(first) as *mut libc::c_void,
+        iov_len: (end - first) as usize * PAGE_SIZE,
+    }];
+    if let Err(e) = shared.zapper.zap(&iov) {
+        crate::fatal::die_io("could not unmap pages to sample references (madvise)", &e);
     }
 }
 

@@ -186,14 +186,6 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
     }
 }
 
-/// Maps a locked, resident page again after a zap took it away (pinned pages).
-pub(crate) fn remap(r: &RegionInner, page: u64) {
-    fill(
-        || r.uffd.cont(r.page_addr(page), PAGE_SIZE).or_else(ok_if_exists),
-        "mapping a pinned page again (UFFDIO_CONTINUE)",
-    );
-}
-
 fn ok_if_exists(e: FillError) -> Result<(), FillError> {
     // CONTINUE on a page that is already mapped: someone else mapped it, fine.
     match e {

@@ -149,6 +149,7 @@ pub fn prepare() {
         .iter()
         .filter_map(Weak::upgrade)
         .collect();
+    let _zapping = crate::pin::zapping();
     let mut pins = Vec::new();
     crate::pin::ranges(&mut pins);
     pins.sort_unstable();
@@ -235,7 +236,10 @@ pub fn child() {
     }
     for r in &regions {
         if let Err(e) = r.take_over_after_fork() {
-            crate::fatal::die_io("after fork: could not give the child its own copy of a region", &e);
+            crate::fatal::die_io(
+                "after fork: could not give the child its own copy of a region",
+                &e,
+            );
         }
     }
     for s in &engines {

@@ -6,10 +6,12 @@
 //! the normal path), makes the call, and drops the pin. While the pin lives, reference
 //! sampling and eviction skip those pages, so the kernel finds them mapped.
 //!
-//! The ordering that makes this airtight: the pinning thread publishes its pin, then
-//! touches; the reclaimer zaps a page, then looks for pins, and maps the page back if it
-//! is pinned. Either the reclaimer sees the pin, or its zap came first and the touch
-//! faults the page in again.
+//! The ordering that makes this airtight (Dekker's): a reclaimer announces that it is
+//! zapping, then looks for pins and leaves pinned pages alone, zaps the rest, and
+//! withdraws its announcement. A pinning thread publishes its pin, then waits until no
+//! zap is announced, then touches. Either the reclaimer sees the pin, or the pinner waits
+//! for that zap to finish and its touch faults the page in again; no zap can then take a
+//! pinned page away while the kernel uses it.
 //!
 //! The table is small and fixed (no allocation, usable from any context); when it is
 //! full, or a range is too large to pin within the budget, [`Pin::new`] returns `None` and
@@ -34,6 +36,8 @@ const EMPTY: Slot = Slot {
 static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
 /// Slots in use (a fast "none" test for the reclaimer).
 static USED: AtomicUsize = AtomicUsize::new(0);
+/// Reclaimers between announcing a zap and finishing it.
+static ZAPPERS: AtomicUsize = AtomicUsize::new(0);
 /// Bytes pinned now.
 static PINNED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
@@ -53,7 +57,9 @@ impl Pin {
             return None;
         }
         let start = addr & !(crate::backend::PAGE_SIZE - 1);
-        let end = addr.checked_add(len)?.next_multiple_of(crate::backend::PAGE_SIZE);
+        let end = addr
+            .checked_add(len)?
+            .next_multiple_of(crate::backend::PAGE_SIZE);
         let bytes = end - start;
         let mut cur = PINNED_BYTES.load(Relaxed);
         loop {
@@ -66,14 +72,23 @@ impl Pin {
             }
         }
         for (i, s) in TABLE.iter().enumerate() {
-            if s.end.load(Relaxed) == 0 && s.end.compare_exchange(0, usize::MAX, SeqCst, Relaxed).is_ok()
+            if s.end.load(Relaxed) == 0
+                && s.end
+                    .compare_exchange(0, usize::MAX, SeqCst, Relaxed)
+                    .is_ok()
             {
                 // Reserved with an empty-but-busy marker; publish the range.
                 s.start.store(start, SeqCst);
                 s.end.store(end, SeqCst);
                 USED.fetch_add(1, SeqCst);
                 fence(SeqCst);
-                return Some(Pin { slot: i, len: bytes });
+                while ZAPPERS.load(SeqCst) != 0 {
+                    std::hint::spin_loop();
+                }
+                return Some(Pin {
+                    slot: i,
+                    len: bytes,
+                });
             }
         }
         PINNED_BYTES.fetch_sub(bytes, SeqCst);
@@ -88,6 +103,22 @@ impl Drop for Pin {
         s.start.store(0, SeqCst);
         s.end.store(0, SeqCst);
         PINNED_BYTES.fetch_sub(self.len, SeqCst);
+    }
+}
+
+/// A zap in progress (see the module docs); look for pins after this, zap, then drop it.
+pub(crate) struct Zapping(());
+
+/// Announces a zap.
+pub(crate) fn zapping() -> Zapping {
+    ZAPPERS.fetch_add(1, SeqCst);
+    fence(SeqCst);
+    Zapping(())
+}
+
+impl Drop for Zapping {
+    fn drop(&mut self) {
+        ZAPPERS.fetch_sub(1, SeqCst);
     }
 }
 

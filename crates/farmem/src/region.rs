@@ -168,7 +168,14 @@ impl RegionInner {
             while src < hole {
                 // SAFETY: copying between two memfds of ours, with our own offsets.
                 let n = unsafe {
-                    libc::copy_file_range(old, &mut src, new.raw(), &mut dst, (hole - src) as usize, 0)
+                    libc::copy_file_range(
+                        old,
+                        &mut src,
+                        new.raw(),
+                        &mut dst,
+                        (hole - src) as usize,
+                        0,
+                    )
                 };
                 if n < 0 {
                     let e = std::io::Error::last_os_error();

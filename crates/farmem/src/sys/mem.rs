@@ -175,7 +175,10 @@ impl Mapping {
     /// Keeps the mapping out of children created by `fork(2)`.
     pub fn dont_fork(&self) -> io::Result<()> {
         // SAFETY: the range is exactly this mapping.
-        if unsafe { crate::sys::raw::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) } < 0 {
+        if unsafe {
+            crate::sys::raw::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK)
+        } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -286,7 +289,9 @@ impl Zapper {
             }
             for v in chunk {
                 // SAFETY: the range is page aligned and inside a mapping we own.
-                if unsafe { crate::sys::raw::madvise(v.iov_base, v.iov_len, libc::MADV_DONTNEED) } < 0 {
+                if unsafe { crate::sys::raw::madvise(v.iov_base, v.iov_len, libc::MADV_DONTNEED) }
+                    < 0
+                {
                     return Err(io::Error::last_os_error());
                 }
             }

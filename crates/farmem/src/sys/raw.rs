@@ -44,9 +44,21 @@ pub unsafe fn mmap(
     {
         // SAFETY: forwarded.
         let r = unsafe {
-            syscall6(libc::SYS_mmap, addr as usize, len, prot as usize, flags as usize, fd as usize, off as usize)
+            syscall6(
+                libc::SYS_mmap,
+                addr as usize,
+                len,
+                prot as usize,
+                flags as usize,
+                fd as usize,
+                off as usize,
+            )
         };
-        if r == -1 { libc::MAP_FAILED } else { r as *mut libc::c_void }
+        if r == -1 {
+            libc::MAP_FAILED
+        } else {
+            r as *mut libc::c_void
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: forwarded.
@@ -80,7 +92,15 @@ pub unsafe fn madvise(addr: *mut libc::c_void, len: usize, advice: i32) -> i32 {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: forwarded.
     unsafe {
-        syscall6(libc::SYS_madvise, addr as usize, len, advice as usize, 0, 0, 0) as i32
+        syscall6(
+            libc::SYS_madvise,
+            addr as usize,
+            len,
+            advice as usize,
+            0,
+            0,
+            0,
+        ) as i32
     }
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: forwarded.

@@ -204,13 +204,13 @@ impl Uffd {
         };
         // SAFETY: fd is a fresh userfaultfd, `api` is a valid uffdio_api.
         check(unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API_IOC as _, &mut api) })?;
-        Ok(Uffd {
-            fd,
-            features: api.features,
-        })
+        // The kernel answers with every feature it offers; keep what was asked for (a
+        // forked child opens its descriptor again with these).
+        let _offered = api.features;
+        Ok(Uffd { fd, features })
     }
 
-    /// The features this descriptor was opened with.
+    /// The features this descriptor was opened with (asked for, not all that are offered).
     pub fn features(&self) -> u64 {
         self.features
     }
