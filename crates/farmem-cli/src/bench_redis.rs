@@ -312,14 +312,14 @@ fn measure(
             let cfg = server_config(a, Vec::new());
             let server = RedisServer::start(&cfg)?;
             let mut phase = "start";
-            phases(a, dataset, server, &mut rec, &mut phase)?;
+            phases(a, dataset, server, &mut rec, &mut phase, None)?;
         }
         System::Farmem => {
             rec.set_extra("backend", &a.backend);
             let cfg = server_config(a, farmem_wrapper(a, local)?);
             let server = RedisServer::start(&cfg)?;
             let mut phase = "start";
-            phases(a, dataset, server, &mut rec, &mut phase)?;
+            phases(a, dataset, server, &mut rec, &mut phase, None)?;
         }
         System::LinuxSwap => {
             let baseline = SwapBaseline::setup(swap_config(a, local))?;
@@ -328,7 +328,9 @@ fn measure(
             let mut phase = "start";
             let res = RedisServer::start_in(&cfg, &baseline)
                 .map_err(anyhow::Error::from)
-                .and_then(|server| phases(a, dataset, server, &mut rec, &mut phase));
+                .and_then(|server| {
+                    phases(a, dataset, server, &mut rec, &mut phase, Some(&baseline))
+                });
             let oom = opts::oom_kills(baseline.cgroup_path());
             let vm1 = vmstat();
             let delta = |k: &str| {
@@ -339,11 +341,6 @@ fn measure(
             rec.set_extra("pswpin", delta("pswpin"));
             rec.set_extra("pswpout", delta("pswpout"));
             rec.set_extra("cgroup_max_usage_bytes", baseline.max_usage_bytes()?);
-            if let Some((orig, compr)) = baseline.zram_usage()
-                && compr > 0
-            {
-                rec.set_extra("zram_ratio", orig as f64 / compr as f64);
-            }
             if oom > 0 {
                 rec.set_extra("oom_kills", oom);
             }
@@ -356,7 +353,8 @@ fn measure(
                     rec.p50_us = None;
                     rec.p99_us = None;
                     rec.set_extra("killed_in", phase);
-                    rec.set_extra("error", format!("{e:#}"));
+                    let msg = format!("{e:#}");
+                    rec.set_extra("error", msg.lines().next().unwrap_or_default());
                 }
                 Err(e) => {
                     baseline.teardown()?;
@@ -370,13 +368,15 @@ fn measure(
 }
 
 /// Load, timed run, verify (and BGSAVE + reload), then stop. `phase` names the phase
-/// reached, for a run that gets killed.
+/// reached, for a run that gets killed. With the Linux-swap `baseline`, zram's contents are
+/// sampled before the server stops (afterwards zram is nearly empty).
 fn phases(
     a: &BenchRedisArgs,
     dataset: &Dataset,
     mut server: RedisServer,
     rec: &mut RedisRecord,
     phase: &mut &'static str,
+    baseline: Option<&SwapBaseline>,
 ) -> Result<()> {
     let res = phases_inner(a, dataset, &server, rec, phase);
     if let Err(e) = res {
@@ -392,6 +392,12 @@ fn phases(
     }
     if let Some(rss) = server.peak_rss_bytes() {
         rec.set_extra("peak_rss_bytes", rss);
+    }
+    if let Some((orig, compr)) = baseline.and_then(|b| b.zram_usage())
+        && compr > 0
+    {
+        rec.set_extra("zram_bytes", orig);
+        rec.set_extra("zram_ratio", orig as f64 / compr as f64);
     }
     *phase = "stop";
     let stopped = server.stop()?;

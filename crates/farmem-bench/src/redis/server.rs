@@ -240,21 +240,19 @@ impl RedisServer {
         config: &ServerConfig,
         spawn: &mut dyn FnMut(&mut Command) -> Result<Child, String>,
     ) -> Result<Self, RedisError> {
-        let owned_dir = match &config.dir {
-            Some(_) => None,
-            None => Some(TempDir::new("farmem-redis").map_err(|e| RedisError::Start {
-                command: config.program.display().to_string(),
-                detail: format!(
-                    "could not create a temporary directory in {}: {e}",
-                    std::env::temp_dir().display()
-                ),
-                log: String::new(),
-            })?),
-        };
-        let dir = match (&config.dir, &owned_dir) {
-            (Some(d), _) => d.clone(),
-            (None, Some(t)) => t.path().to_owned(),
-            (None, None) => unreachable!("a directory was created above"),
+        let (dir, owned_dir) = match &config.dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = TempDir::new("farmem-redis").map_err(|e| RedisError::Start {
+                    command: config.program.display().to_string(),
+                    detail: format!(
+                        "could not create a temporary directory in {}: {e}",
+                        std::env::temp_dir().display()
+                    ),
+                    log: String::new(),
+                })?;
+                (t.path().to_owned(), Some(t))
+            }
         };
         let mut attempt = 0;
         loop {
