@@ -3,8 +3,9 @@
 # integration, property and end-to-end test. Installs what it needs itself.
 #
 # Needs: Linux with userfaultfd (5.13+), root (userfaultfd, and the Linux-swap baseline's
-# memory cgroup and zram), and the Rust toolchain. The tests use real userfaultfd, real
-# memfd page caches and, for the baseline, the real cgroup v1 memory controller and zram.
+# memory cgroup and zram), the Rust toolchain, and redis-server (installed here with
+# apt-get if missing). The tests use real userfaultfd, real memfd page caches, a real
+# Redis and, for the baseline, the real cgroup v1 memory controller and zram.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,14 @@ if ! command -v cargo >/dev/null; then
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "scripts/test.sh: warning: not root; userfaultfd and the Linux-swap tests may be refused" >&2
+fi
+
+# The Redis tests (crates/farmem-cli/tests/redis.rs) run a real redis-server.
+if ! command -v redis-server >/dev/null; then
+    echo "scripts/test.sh: installing redis-server for the Redis tests" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server ||
+        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; } ||
+        echo "scripts/test.sh: warning: could not install redis-server; the Redis tests will say they were skipped" >&2
 fi
 
 cargo fmt --all -- --check

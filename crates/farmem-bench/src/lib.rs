@@ -12,12 +12,16 @@
 //!
 //! [`lru::LruSim`] counts the misses an exact LRU would take with the same budget, and
 //! [`report::BenchRecord`] is the JSON line each measurement produces.
+//!
+//! [`redis`] runs a real `redis-server` the same three ways for `farmem bench-redis`:
+//! under `farmem run`, inside the Linux-swap baseline's cgroup, and plainly.
 #![warn(missing_docs)]
 
 pub mod access;
 pub mod linux_swap;
 pub mod lru;
 pub mod pattern;
+pub mod redis;
 pub mod report;
 pub mod size;
 pub mod workload;

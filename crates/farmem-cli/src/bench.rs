@@ -364,14 +364,23 @@ fn run_linux_swap(a: &BenchArgs) -> Result<BenchRecord> {
 
 /// `farmem summarize`: medians of JSON lines read from stdin.
 pub fn summarize_stdin() -> Result<()> {
+    let lines: Vec<String> = std::io::stdin().lines().collect::<Result<_, _>>()?;
+    // bench-redis records carry a workload; bench records a pattern.
+    let redis = lines
+        .iter()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .is_some_and(|v| v.get("workload").is_some());
+    if redis {
+        return crate::bench_redis::summarize_lines(&lines);
+    }
     let mut all = Vec::new();
-    for (i, line) in std::io::stdin().lines().enumerate() {
-        let line = line?;
+    for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         all.push(
-            BenchRecord::from_json_line(&line)
+            BenchRecord::from_json_line(line)
                 .with_context(|| format!("line {} is not a bench record", i + 1))?,
         );
     }

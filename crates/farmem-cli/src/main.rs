@@ -1,6 +1,7 @@
 //! The `farmem` command.
 
 mod bench;
+mod bench_redis;
 mod demo;
 mod floor;
 mod opts;
@@ -40,6 +41,19 @@ enum Command {
     /// child process in a memory cgroup capped at the same budget swapping to zram (set up
     /// and torn down by the bench; root needed). Figures are medians of --runs runs.
     Bench(bench::BenchArgs),
+    /// Real Redis under farmem, under Linux swap and all-local, at several budgets.
+    ///
+    /// Loads a dataset whose every byte can be checked (get-mix: strings of 4-128 KiB;
+    /// lrange: lists of 200 elements) into a fresh redis-server, reads random keys from
+    /// CLIENTS connections for DURATION seconds, checking every reply, and reads every key
+    /// back. The server runs under `farmem run --local-mem B` (farmem), in a memory cgroup
+    /// capped at B swapping to zram (linux-swap; set up and torn down here, root needed),
+    /// or plainly (all-local), with B = fraction x dataset for each --local fraction.
+    /// Reports medians of --runs runs: requests/s, p50/p99 latency, wrong replies (must be
+    /// 0), and farmem's ratio to the other two. A Linux-swap run that the kernel's OOM
+    /// killer stops is reported as killed.
+    #[command(name = "bench-redis")]
+    BenchRedis(bench_redis::BenchRedisArgs),
     /// The mechanism floor: raw costs of the kernel operations behind a fault, beside
     /// farmem's own fault latency in each fault mode, measured in the same run.
     Floor(floor::FloorArgs),
@@ -49,7 +63,8 @@ enum Command {
     /// large anonymous mmaps come from far memory, with LOCAL_MEM of it kept local. It
     /// keeps farmem's process id, so its exit status and signals are its own.
     Run(run::RunArgs),
-    /// Reads `farmem bench --json` lines on stdin and prints their medians and ratios.
+    /// Reads `farmem bench --json` or `farmem bench-redis --json` lines on stdin and prints
+    /// their medians and ratios.
     Summarize,
     /// Internal: runs a workload all-local in this process (the Linux-swap child).
     #[command(hide = true, name = "__worker")]
@@ -64,6 +79,7 @@ fn main() {
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchRedis(a) => bench_redis::run(a),
         Command::Floor(a) => floor::run(a),
         Command::Run(a) => run::run(a),
         Command::Summarize => bench::summarize_stdin(),

@@ -1,0 +1,350 @@
+//! Real Redis through the harness in `farmem_bench::redis`: all-local, BGSAVE and reload,
+//! and under `farmem run`; and `farmem bench-redis` end to end.
+//!
+//! Needs `redis-server` (Debian: `apt-get install -y redis-server`; `scripts/test.sh`
+//! installs it). If it is missing, the tests try to install it (as root, with apt-get); only
+//! if that fails too do they print why and pass, except under CI (`CI=true`), where Redis is
+//! required.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use farmem_bench::redis::{
+    self, Dataset, RedisServer, RunConfig, ServerConfig, WorkloadKind, bgsave, load,
+    reload_and_verify, verify_all,
+};
+
+const MIB: u64 = 1 << 20;
+/// The get-mix dataset of these tests: about 590 values of 4-128 KiB.
+const DATASET: u64 = 24 * MIB;
+
+fn redis_server_works() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Why Redis cannot be used here, after trying to install it; `None` if it can.
+fn missing_redis() -> Option<&'static str> {
+    static STATE: OnceLock<Option<String>> = OnceLock::new();
+    let reason = STATE.get_or_init(|| {
+        if redis_server_works() {
+            return None;
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("redis-server is not installed and, not being root, the test cannot install it (apt-get install -y redis-server)".into());
+        }
+        eprintln!("redis-server is missing: trying `apt-get install -y redis-server`");
+        let installed = Command::new("apt-get")
+            .args(["install", "-y", "redis-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        if installed && redis_server_works() {
+            None
+        } else {
+            Some("redis-server is not installed and `apt-get install -y redis-server` did not install it".into())
+        }
+    });
+    let reason = reason.as_deref()?;
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI must be able to run Redis: {reason}");
+    }
+    eprintln!("skipping: {reason}");
+    Some(reason)
+}
+
+fn quick_run() -> RunConfig {
+    RunConfig {
+        clients: 2,
+        pipeline: 2,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(200),
+        seed: 42,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+/// Loads the dataset, checks every key, runs the timed reads and checks that no reply was
+/// wrong.
+fn load_verify_and_read(server: &RedisServer, d: &Dataset) {
+    let mut c = server.client().unwrap();
+    let l = load(&mut c, d).unwrap();
+    assert_eq!(l.keys, d.keys());
+    let v = verify_all(&mut c, d).unwrap();
+    assert_eq!(v.keys, d.keys());
+    v.into_result().unwrap();
+    let r = redis::run(server.addr(), d, &quick_run()).unwrap();
+    assert_eq!(r.aborted, None);
+    assert_eq!(r.wrong, 0, "wrong replies: {:?}", r.problems);
+    assert_eq!(r.errors, 0, "errors: {:?}", r.problems);
+    assert!(r.ops > 0 && r.ops_per_sec > 0.0, "{r:?}");
+    assert!(r.p50_us > 0.0 && r.p99_us >= r.p50_us, "{r:?}");
+}
+
+/// Saves with BGSAVE, stops the server, and checks every key in a fresh plain server
+/// started on the dump.
+fn bgsave_stop_and_reload(server: RedisServer, d: &Dataset) {
+    let mut c = server.client().unwrap();
+    let b = bgsave(&mut c, server.dir(), Duration::from_secs(30)).unwrap();
+    assert!(b.rdb_bytes > d.bytes() / 4, "dump of {} bytes", b.rdb_bytes);
+    drop(c);
+    let stopped = server.stop().unwrap();
+    assert!(
+        stopped.status.success() && !stopped.killed,
+        "{}: {}",
+        stopped.status,
+        stopped.log
+    );
+    let dir = stopped.dir.expect("the server owned its directory");
+    let v = reload_and_verify(&ServerConfig::default(), dir.path(), d).unwrap();
+    assert_eq!(v.keys, d.keys());
+    v.into_result().unwrap();
+    // The check is real: the same dump read as another seed's dataset is all wrong.
+    let other = Dataset::new(d.kind(), d.bytes(), d.seed() + 1).unwrap();
+    let v = reload_and_verify(&ServerConfig::default(), dir.path(), &other).unwrap();
+    assert_eq!(v.wrong, d.keys());
+    assert!(
+        v.into_result()
+            .unwrap_err()
+            .to_string()
+            .contains("came back wrong")
+    );
+}
+
+#[test]
+fn all_local_get_mix_is_verified() {
+    if missing_redis().is_some() {
+        return;
+    }
+    let d = Dataset::new(WorkloadKind::GetMix, DATASET, 1).unwrap();
+    let server = RedisServer::start(&ServerConfig::default()).unwrap();
+    load_verify_and_read(&server, &d);
+    assert!(server.peak_rss_bytes().unwrap() > d.bytes());
+    let stopped = server.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.log);
+}
+
+#[test]
+fn all_local_lrange_is_verified() {
+    if missing_redis().is_some() {
+        return;
+    }
+    let d = Dataset::new(WorkloadKind::Lrange, 8 * MIB, 2).unwrap();
+    let server = RedisServer::start(&ServerConfig::default()).unwrap();
+    load_verify_and_read(&server, &d);
+    // A wrong list is caught: append one element to a list and read everything back.
+    let mut c = server.client().unwrap();
+    assert_eq!(c.rpush(d.key(3).as_bytes(), &[b"extra"]).unwrap(), 201);
+    let v = verify_all(&mut c, &d).unwrap();
+    assert_eq!(v.wrong, 1, "{:?}", v.problems);
+    assert!(v.problems[0].contains("201 elements"), "{:?}", v.problems);
+}
+
+#[test]
+fn bgsave_and_reload_all_local() {
+    if missing_redis().is_some() {
+        return;
+    }
+    let d = Dataset::new(WorkloadKind::GetMix, DATASET, 3).unwrap();
+    let server = RedisServer::start(&ServerConfig::default()).unwrap();
+    let mut c = server.client().unwrap();
+    load(&mut c, &d).unwrap();
+    bgsave_stop_and_reload(server, &d);
+}
+
+/// Redis under `farmem run` with a quarter of the dataset local: every value must come
+/// back right, through the timed reads, BGSAVE's forked child, and a reload elsewhere.
+#[test]
+fn farmem_run_redis_get_mix_bgsave_and_reload() {
+    if missing_redis().is_some() {
+        return;
+    }
+    let d = Dataset::new(WorkloadKind::GetMix, DATASET, 4).unwrap();
+    let local = DATASET / 4;
+    let config = ServerConfig {
+        wrapper: [
+            env!("CARGO_BIN_EXE_farmem"),
+            "run",
+            "--local-mem",
+            &local.to_string(),
+            "--backend",
+            "compressed:",
+            "--",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..ServerConfig::default()
+    };
+    let server = RedisServer::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    load_verify_and_read(&server, &d);
+    eprintln!(
+        "redis under farmem run: peak RSS {:?} bytes, {} bytes of values, {local} local",
+        server.peak_rss_bytes(),
+        d.bytes()
+    );
+    bgsave_stop_and_reload(server, &d);
+}
+
+fn farmem(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_farmem"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bench_redis_all_local_json() {
+    if missing_redis().is_some() {
+        return;
+    }
+    let out = farmem(&[
+        "bench-redis",
+        "--workload",
+        "lrange",
+        "--dataset",
+        "8M",
+        "--local",
+        "0.5,1",
+        "--systems",
+        "all-local",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--runs",
+        "1",
+        "--clients",
+        "2",
+        "--bgsave",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per fraction: {stdout}");
+    for (l, fraction) in lines.iter().zip([0.5, 1.0]) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["system"], "all-local");
+        assert_eq!(v["workload"], "lrange");
+        assert_eq!(v["dataset_bytes"], 8 << 20);
+        assert_eq!(v["local_fraction"], fraction);
+        assert_eq!(v["clients"], 2);
+        assert_eq!(v["pipeline"], 1);
+        assert_eq!(v["wrong"], 0);
+        assert_eq!(v["errors"], 0);
+        assert_eq!(v["oom_killed"], false);
+        assert!(v["ops_per_sec"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(v["p99_us"].as_f64().unwrap() >= v["p50_us"].as_f64().unwrap());
+        assert_eq!(v["extra"]["verified"], true);
+        assert!(v["extra"]["bgsave_s"].as_f64().is_some(), "{l}");
+    }
+    // farmem summarize reads them back.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_farmem"))
+        .arg("summarize")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdout.as_bytes())
+        .unwrap();
+    let sum = child.wait_with_output().unwrap();
+    let s = String::from_utf8_lossy(&sum.stdout);
+    assert!(
+        sum.status.success() && s.contains("medians") && s.contains("all-local"),
+        "{s}"
+    );
+}
+
+/// Linux swap for real, when the machine allows it (root, cgroup v1, zram): the run either
+/// measures or is reported as OOM-killed, never an error.
+#[test]
+fn bench_redis_linux_swap() {
+    if missing_redis().is_some() {
+        return;
+    }
+    let cfg = farmem_bench::linux_swap::SwapConfig::new(16 * MIB, 256 * MIB);
+    if let Err(e) = farmem_bench::linux_swap::check(&cfg) {
+        eprintln!("skipping: the Linux-swap baseline is not possible here: {e}");
+        return;
+    }
+    let out = farmem(&[
+        "bench-redis",
+        "--dataset",
+        "32M",
+        "--local",
+        "0.75",
+        "--systems",
+        "linux-swap",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["system"], "linux-swap");
+    assert_eq!(v["local_bytes"], 24 << 20);
+    assert_eq!(v["wrong"], 0);
+    if v["oom_killed"] == true {
+        assert!(v["extra"]["killed_in"].is_string(), "{stdout}");
+    } else {
+        assert!(v["ops_per_sec"].as_f64().unwrap() > 0.0, "{stdout}");
+        let peak = v["extra"]["cgroup_max_usage_bytes"].as_u64().unwrap();
+        assert!(peak <= 24 << 20, "{stdout}");
+    }
+}
+
+#[test]
+fn bench_redis_bad_input_gets_one_clear_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["bench-redis", "--local", "0"],
+            "--local fractions must be above 0",
+        ),
+        (&["bench-redis", "--local", "x"], "invalid value 'x'"),
+        (&["bench-redis", "--systems", "zswap"], "unknown system"),
+        (&["bench-redis", "--workload", "scan"], "get-mix or lrange"),
+        (&["bench-redis", "--dataset", "1.5G"], "fractions like 1.5G"),
+        (&["bench-redis", "--clients", "0"], "must be positive"),
+        (
+            &[
+                "bench-redis",
+                "--redis-server",
+                "/nonexistent/redis",
+                "--systems",
+                "all-local",
+            ],
+            "cannot run /nonexistent/redis",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = farmem(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(want),
+            "{args:?}: stderr lacks `{want}`:\n{err}"
+        );
+    }
+}
