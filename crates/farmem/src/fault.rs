@@ -194,8 +194,15 @@ fn ok_if_exists(e: FillError) -> Result<(), FillError> {
     }
 }
 
-/// Asks the advice, the application's upcall and the prefetcher what to bring in.
+/// Asks the application's upcall (always: it is the program's own decision), then the
+/// advice, then the prefetcher what to bring in.
 fn gather(r: &RegionInner, page: u64, write: bool, hit: bool, out: &mut Candidates) {
+    if let Ok(h) = r.hook.try_read()
+        && let Some(h) = h.as_ref()
+    {
+        let mut req = PrefetchRequest::new(r.base, r.pages, out);
+        h(r.page_addr(page), &mut req);
+    }
     match r.advice_at(page) {
         Some(Advice::Random) => return,
         Some(Advice::Sequential) => {
@@ -205,12 +212,6 @@ fn gather(r: &RegionInner, page: u64, write: bool, hit: bool, out: &mut Candidat
             return;
         }
         _ => {}
-    }
-    if let Ok(h) = r.hook.try_read()
-        && let Some(h) = h.as_ref()
-    {
-        let mut req = PrefetchRequest::new(r.base, r.pages, out);
-        h(r.page_addr(page), &mut req);
     }
     let info = FaultInfo {
         page,
