@@ -1105,7 +1105,7 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
         unsafe extern "C" fn(*mut c_void, size_t) -> c_int
     );
     if owns(addr as usize) {
-        if (addr as usize) % 4096 == 0 && crate::heap::mmap_free(addr as usize, len) {
+        if (addr as usize).is_multiple_of(4096) && crate::heap::mmap_free(addr as usize, len) {
             return 0;
         }
         // SAFETY: this thread's errno slot.
