@@ -822,17 +822,24 @@ pub unsafe extern "C" fn fread(
         // SAFETY: forwarded.
         return unsafe { f(buf, size, n, fp) };
     }
-    // In pieces of whole items, each pinned and touched.
+    // SAFETY: pieces of the caller's buffer.
+    by_items(b, size, n, |p, k| unsafe {
+        f(p as *mut c_void, size, k, fp)
+    })
+}
+
+/// Runs a stdio call in pieces of whole items (of `size` bytes, `n` in all, from `b`),
+/// each piece pinned and touched; stops at the first short piece. Returns the items done.
+fn by_items(b: usize, size: usize, n: usize, mut call: impl FnMut(usize, usize) -> usize) -> usize {
     let per = (chunk() / size).max(1);
+    let limit = rt::rt().map_or(0, |r| r.pin_limit);
     let mut done = 0;
     while done < n {
         let k = per.min(n - done);
         let p = b + done * size;
-        let limit = rt::rt().map_or(0, |r| r.pin_limit);
         let _pin = Pin::new(p, k * size, limit);
         touch(p, k * size);
-        // SAFETY: a piece of the caller's buffer.
-        let r = unsafe { f(p as *mut c_void, size, k, fp) };
+        let r = call(p, k);
         done += r;
         if r < k {
             break;
@@ -863,22 +870,10 @@ pub unsafe extern "C" fn fwrite(
         // SAFETY: forwarded.
         return unsafe { f(buf, size, n, fp) };
     }
-    let per = (chunk() / size).max(1);
-    let mut done = 0;
-    while done < n {
-        let k = per.min(n - done);
-        let p = b + done * size;
-        let limit = rt::rt().map_or(0, |r| r.pin_limit);
-        let _pin = Pin::new(p, k * size, limit);
-        touch(p, k * size);
-        // SAFETY: a piece of the caller's buffer.
-        let r = unsafe { f(p as *const c_void, size, k, fp) };
-        done += r;
-        if r < k {
-            break;
-        }
-    }
-    done
+    // SAFETY: pieces of the caller's buffer.
+    by_items(b, size, n, |p, k| unsafe {
+        f(p as *const c_void, size, k, fp)
+    })
 }
 
 // ---- futexes: pthread objects in far memory -------------------------------------------
