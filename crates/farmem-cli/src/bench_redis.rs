@@ -413,6 +413,10 @@ fn phases(
             stopped.log
         );
     }
+    // `--run-arg=--stats` makes the server print farmem's summary at exit: pass it on.
+    for line in stopped.log.lines().filter(|l| l.starts_with("farmem")) {
+        eprintln!("    {line}");
+    }
     Ok(())
 }
 

@@ -21,8 +21,13 @@ type Tlsf = rlsf::Tlsf<'static, u64, u64, 40, 64>;
 
 /// The pool grows by this much at a time.
 const GROW: usize = 64 << 20;
-/// Frees of at least this many bytes give their whole pages back.
-const DISCARD_MIN: usize = 64 << 10;
+/// Frees of at least this many bytes give their whole pages back. Smaller freed blocks
+/// keep their pages: programs reuse such blocks at once (Redis allocates and frees a reply
+/// buffer as large as the value for every GET of a big value), and a discarded page costs
+/// a zero-fill fault on its next use. At 64 KiB Redis's GET mix ran 35% slower (8.0k vs
+/// 12.4k requests/s at 25% local). Freed pages that are not reused turn cold and leave
+/// with the rest.
+const DISCARD_MIN: usize = 1 << 20;
 
 pub(crate) struct Inner {
     tlsf: Tlsf,
