@@ -31,6 +31,7 @@ const TORTURE_ARGS: &[&str] = &["--heap", "128M", "--threads", "4", "--seconds",
 const QUICKSORT_ARGS: &[&str] = &["--size", "64M"];
 const SKEWED_ARGS: &[&str] = &["--size", "64M", "--seconds", "2"];
 const API_ARGS: &[&str] = &["--size", "32M"];
+const OBJECTS_ARGS: &[&str] = &["--size", "64M", "--reads", "20000"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -99,17 +100,19 @@ fn compile_all() -> Option<PathBuf> {
         );
     }
     let include = repo_root().join("include");
-    gcc(
-        &dir,
-        "api",
-        &[
-            format!("-I{}", include.display()).into(),
-            src.join("api.c").into_os_string(),
-            format!("-L{}", lib.display()).into(),
-            "-lfarmem".into(),
-            format!("-Wl,-rpath,{}", lib.display()).into(),
-        ],
-    );
+    for name in ["api", "objects"] {
+        gcc(
+            &dir,
+            name,
+            &[
+                format!("-I{}", include.display()).into(),
+                src.join(format!("{name}.c")).into_os_string(),
+                format!("-L{}", lib.display()).into(),
+                "-lfarmem".into(),
+                format!("-Wl,-rpath,{}", lib.display()).into(),
+            ],
+        );
+    }
     Some(dir)
 }
 
@@ -306,4 +309,39 @@ fn api_under_farmem() {
             .any(|l| l.starts_with("api: prefetch hook called") && !l.contains(" 0 for faults")),
         "the prefetch hook was not called for faults in the buffer:\n{out}"
     );
+}
+
+#[test]
+fn objects_plain() {
+    run_program("objects", OBJECTS_ARGS, false);
+}
+
+/// Whole objects read in random order: the object prefetch brings in the rest of an
+/// object on its first fault and nothing past it. With only readahead (measured with
+/// FARMEM_OBJECT_PREFETCH=0) this run fetches 1.19 pages per page the copies cover, at a
+/// prefetch accuracy of 0.72; with the object prefetch, 1.01 and 0.89.
+#[test]
+fn objects_under_farmem_fetch_little_past_each_object() {
+    let Some(out) = run_program("objects", OBJECTS_ARGS, true) else {
+        return;
+    };
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("objects: read phase: "))
+        .unwrap_or_else(|| panic!("no read-phase line in:\n{out}"));
+    let field = |name: &str| -> f64 {
+        line.split(", ")
+            .find_map(|f| f.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{name}` in `{line}`"))
+    };
+    let (covered, fetched, accuracy) = (
+        field("pages covered "),
+        field("fetched "),
+        field("prefetch accuracy "),
+    );
+    assert!(
+        fetched <= 1.1 * covered,
+        "fetched {fetched} pages for {covered} pages read: prefetching runs past objects\n{out}"
+    );
+    assert!(accuracy >= 0.85, "prefetch accuracy {accuracy}\n{out}");
 }

@@ -1,5 +1,7 @@
 //! The calls of include/farmem.h: the real versions (the stub library has no-ops).
 
+use std::sync::atomic::Ordering::Release;
+
 use libc::{c_int, c_void, size_t};
 
 use crate::rt;
@@ -30,7 +32,7 @@ pub struct FarmemStats {
     prefetch_accuracy: f64,
 }
 
-type Hook = unsafe extern "C" fn(*mut c_void, *mut FarmemRange, size_t) -> size_t;
+pub(crate) type Hook = unsafe extern "C" fn(*mut c_void, *mut FarmemRange, size_t) -> size_t;
 
 /// Clips `[addr, addr+len)` to the heap region: (offset, len) or None.
 fn clip(addr: *const c_void, len: size_t) -> Option<(usize, usize)> {
@@ -81,25 +83,28 @@ pub extern "C" fn farmem_advise(addr: *const c_void, len: size_t, advice: c_int)
     0
 }
 
-/// `farmem_set_prefetch_hook`.
+/// `farmem_set_prefetch_hook`: the program's upcall runs after the heap's own (which
+/// brings in the rest of a mid-sized block; see `extent`).
 #[unsafe(no_mangle)]
 pub extern "C" fn farmem_set_prefetch_hook(hook: Option<Hook>) -> c_int {
-    let Some(rt) = rt::rt() else { return 0 };
-    match hook {
-        None => rt.region.clear_prefetch_hook(),
-        Some(h) => rt.region.set_prefetch_hook(move |addr, req| {
-            let mut out = [FarmemRange {
-                addr: std::ptr::null_mut(),
-                len: 0,
-            }; 16];
-            // SAFETY: the program's hook, called as farmem.h documents, with room for 16.
-            let n = unsafe { h(addr as *mut c_void, out.as_mut_ptr(), out.len()) }.min(out.len());
-            for r in &out[..n] {
-                req.range(r.addr as usize, r.len);
-            }
-        }),
+    if rt::rt().is_none() {
+        return 0;
     }
+    rt::APP_HOOK.store(hook.map_or(0, |h| h as usize), Release);
     0
+}
+
+/// Calls the program's upcall `h` for a fault at `addr` and passes its ranges on.
+pub(crate) fn call_hook(h: Hook, addr: usize, req: &mut farmem::PrefetchRequest) {
+    let mut out = [FarmemRange {
+        addr: std::ptr::null_mut(),
+        len: 0,
+    }; 16];
+    // SAFETY: the program's hook, called as farmem.h documents, with room for 16.
+    let n = unsafe { h(addr as *mut c_void, out.as_mut_ptr(), out.len()) }.min(out.len());
+    for r in &out[..n] {
+        req.range(r.addr as usize, r.len);
+    }
 }
 
 /// `farmem_stats`.

@@ -141,14 +141,20 @@ unsafe fn block_size(_locked: &Inner, p: usize) -> usize {
 
 /// Gives the whole pages inside a block that is about to be freed back (they read as
 /// zeros afterwards; TLSF's own links, written at the block's start, are spared).
+///
+/// Smaller blocks keep their resident pages (they are likely reused at once), but the
+/// pages already far are forgotten: they were garbage, and their next use, after the
+/// block is allocated again, is then a zero-fill rather than a fetch of that garbage.
 fn give_back(p: usize, size: usize) {
-    if size < DISCARD_MIN {
-        return;
-    }
     let start = (p + 64).next_multiple_of(4096);
     let end = (p + size) & !4095;
-    if end > start {
+    if end <= start {
+        return;
+    }
+    if size >= DISCARD_MIN {
         rt::discard(start, end - start);
+    } else {
+        rt::forget_far(start, end - start);
     }
 }
 
@@ -160,6 +166,7 @@ pub(crate) fn alloc(size: usize, align: usize, caller: usize, zero: bool) -> *mu
     let p = lock().allocate(size, align);
     match p {
         Some(p) => {
+            crate::extent::record(p.as_ptr() as usize, size);
             if zero {
                 // SAFETY: a fresh block of at least `size` bytes.
                 unsafe { std::ptr::write_bytes(p.as_ptr(), 0, size) };
@@ -215,7 +222,8 @@ pub(crate) unsafe fn free(p: *mut c_void) {
     let mut h = lock();
     // SAFETY: a live block of ours (free's contract), under the lock.
     let size = unsafe { block_size(&h, a) };
-    if size >= DISCARD_MIN {
+    crate::extent::forget(a, size);
+    if size >= 2 * 4096 + 64 {
         // Give the pages back outside the lock (the block is still ours meanwhile).
         drop(h);
         give_back(a, size);
@@ -253,6 +261,8 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize, caller: usize) -> *mut
         };
         // SAFETY: a live block of ours, allocated with alignment 16.
         if let Some(q) = unsafe { h.tlsf.reallocate(NonNull::new_unchecked(a as *mut u8), l) } {
+            crate::extent::forget(a, old);
+            crate::extent::record(q.as_ptr() as usize, size);
             return q.as_ptr().cast();
         }
     }
@@ -264,6 +274,7 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize, caller: usize) -> *mut
         return std::ptr::null_mut();
     };
     drop(h);
+    crate::extent::record(q.as_ptr() as usize, size);
     // SAFETY: both blocks are live and distinct; copy what fits.
     unsafe { std::ptr::copy_nonoverlapping(a as *const u8, q.as_ptr(), old.min(size)) };
     // SAFETY: the old block is ours and no longer used.

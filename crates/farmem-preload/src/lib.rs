@@ -19,6 +19,7 @@
 
 mod capi;
 mod entry;
+mod extent;
 mod heap;
 mod io;
 mod rt;

@@ -87,6 +87,17 @@ pub(crate) fn discard(addr: usize, len: usize) {
     }
 }
 
+/// Forgets the far copies of the non-resident pages of `[addr, addr+len)` (page aligned):
+/// they read as zeros afterwards; resident pages keep theirs.
+pub(crate) fn forget_far(addr: usize, len: usize) {
+    if let Some(rt) = rt() {
+        let base = rt.region.as_ptr() as usize;
+        if let Err(e) = rt.region.forget_far(addr - base, len) {
+            die(&format!("could not forget freed heap pages: {e}"));
+        }
+    }
+}
+
 /// glibc's malloc_usable_size, for its own blocks.
 pub(crate) fn libc_usable_size(p: *mut libc::c_void) -> usize {
     static F: AtomicUsize = AtomicUsize::new(0);
@@ -203,6 +214,10 @@ fn init() -> Result<(), String> {
     }
     find_libc_text();
     crate::io::resolve_all();
+    if env("FARMEM_OBJECT_PREFETCH").is_none_or(|v| v != "0") {
+        crate::extent::init(region.as_ptr() as usize, region.len())?;
+    }
+    region.set_prefetch_hook(heap_prefetch);
     let pin_limit = (budget / 4).max(64 << 10);
     let base = region.as_ptr() as usize;
     let len = region.len();
@@ -228,6 +243,31 @@ fn init() -> Result<(), String> {
             .spawn(move || stats_loop(secs));
     }
     Ok(())
+}
+
+/// The program's own prefetch upcall (`farmem_set_prefetch_hook`), 0 for none.
+pub(crate) static APP_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// The heap's prefetch upcall: a major fault inside a mid-sized block brings in the rest
+/// of the block and nothing else (see `extent`); then the program's upcall, if any.
+fn heap_prefetch(addr: usize, req: &mut farmem::PrefetchRequest) {
+    if let Some((_, end)) = crate::extent::block_at(addr) {
+        if !req.is_prefetch_hit() {
+            let from = (addr | 4095) + 1;
+            req.range(from, end.saturating_sub(from));
+        }
+        // On a prefetch hit the end of a block fetched whole was reached: its last page
+        // may be the first of the next block, but reading on into that block is no
+        // reason to fetch it (it faults for itself). Either way the readahead, which
+        // would only fetch past the block's end, is not needed.
+        req.enough();
+    }
+    let h = APP_HOOK.load(Acquire);
+    if h != 0 {
+        // SAFETY: APP_HOOK only ever holds a `capi::Hook` the program registered.
+        let h: crate::capi::Hook = unsafe { std::mem::transmute::<usize, crate::capi::Hook>(h) };
+        crate::capi::call_hook(h, addr, req);
+    }
 }
 
 static mut FORK_GUARD: Option<std::sync::MutexGuard<'static, crate::heap::Inner>> = None;

@@ -144,7 +144,7 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
                 if s.prefetched() {
                     Counters::bump(&c.prefetch_hits, 1 + confirm_ahead(r, page));
                     let mut cands = Candidates::new();
-                    gather(r, page, write, true, &mut cands);
+                    gather(r, addr, page, write, true, &mut cands);
                     if !cands.is_empty() {
                         prefetch_pages(r, cands.as_slice(), Some(page));
                     }
@@ -178,7 +178,7 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
                 if !w.try_lock(s) {
                     continue;
                 }
-                major(r, page, s, write, t0);
+                major(r, addr, page, s, write, t0);
                 return;
             }
             Tag::Locked => unreachable!("wait_unlocked returned a locked page"),
@@ -196,12 +196,15 @@ fn ok_if_exists(e: FillError) -> Result<(), FillError> {
 
 /// Asks the application's upcall (always: it is the program's own decision), then the
 /// advice, then the prefetcher what to bring in.
-fn gather(r: &RegionInner, page: u64, write: bool, hit: bool, out: &mut Candidates) {
+fn gather(r: &RegionInner, addr: usize, page: u64, write: bool, hit: bool, out: &mut Candidates) {
     if let Ok(h) = r.hook.try_read()
         && let Some(h) = h.as_ref()
     {
-        let mut req = PrefetchRequest::new(r.base, r.pages, out);
-        h(r.page_addr(page), &mut req);
+        let mut req = PrefetchRequest::new(r.base, r.pages, out, hit);
+        h(addr, &mut req);
+        if req.is_enough() {
+            return;
+        }
     }
     match r.advice_at(page) {
         Some(Advice::Random) => return,
@@ -229,13 +232,13 @@ fn gather(r: &RegionInner, page: u64, write: bool, hit: bool, out: &mut Candidat
 const SEQUENTIAL_WINDOW: u64 = 16;
 
 /// A major fault on `page`, which the caller has locked (it read `s` before).
-fn major(r: &RegionInner, page: u64, s: State, write: bool, t0: Instant) {
+fn major(r: &RegionInner, addr: usize, page: u64, s: State, write: bool, t0: Instant) {
     let shared = &r.shared;
     let c = &shared.counters;
     let mut buf = shared.bufs.acquire();
     shared.reserve_one(buf.bytes());
     let mut cands = Candidates::new();
-    gather(r, page, write, false, &mut cands);
+    gather(r, addr, page, write, false, &mut cands);
     let mut pages = [0u64; BATCH_PAGES];
     let mut states = [State(0); BATCH_PAGES];
     pages[0] = page;
@@ -576,4 +579,31 @@ pub(crate) fn discard_range(r: &RegionInner, first: u64, end: u64) {
     }
     shared.release_frames(freed);
     shared.backend.discard(&far);
+}
+
+/// Forgets the far copies of the pages of `[first, end)` that are only far (not
+/// resident): they read as zeros afterwards. Resident pages are left as they are, so
+/// nothing is unmapped and no TLB is flushed: this is for memory whose content no longer
+/// matters but which will likely be reused soon (a freed heap block), where a discard
+/// would cost a zero-fill fault on every resident page's next use.
+pub(crate) fn forget_far_range(r: &RegionInner, first: u64, end: u64) {
+    let mut keys = [PageKey(0); 64];
+    let mut n = 0;
+    for p in first..end.min(r.pages) {
+        let w = &r.states[p as usize];
+        let s = w.load();
+        if s.tag() != Tag::Far || !w.try_lock(s) {
+            continue;
+        }
+        keys[n] = r.key(p);
+        n += 1;
+        w.unlock(State::new(Tag::Untouched, 0, s.generation()));
+        if n == keys.len() {
+            r.shared.backend.discard(&keys);
+            n = 0;
+        }
+    }
+    if n > 0 {
+        r.shared.backend.discard(&keys[..n]);
+    }
 }

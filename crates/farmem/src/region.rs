@@ -30,11 +30,41 @@ pub struct PrefetchRequest<'a> {
     base: usize,
     pages: u64,
     out: &'a mut Candidates,
+    enough: bool,
+    hit: bool,
 }
 
 impl<'a> PrefetchRequest<'a> {
-    pub(crate) fn new(base: usize, pages: u64, out: &'a mut Candidates) -> PrefetchRequest<'a> {
-        PrefetchRequest { base, pages, out }
+    pub(crate) fn new(
+        base: usize,
+        pages: u64,
+        out: &'a mut Candidates,
+        hit: bool,
+    ) -> PrefetchRequest<'a> {
+        PrefetchRequest {
+            base,
+            pages,
+            out,
+            enough: false,
+            hit,
+        }
+    }
+
+    /// Whether the upcall runs for the first touch of a prefetched page (the end of a
+    /// prefetched run was reached) rather than for a major fault.
+    pub fn is_prefetch_hit(&self) -> bool {
+        self.hit
+    }
+
+    /// Says that the ranges asked for are all this fault needs: the engine's own
+    /// prefetcher (and range advice) is skipped for it. For an upcall that knows where
+    /// the object being read ends, so that a guess does not fetch past it.
+    pub fn enough(&mut self) {
+        self.enough = true;
+    }
+
+    pub(crate) fn is_enough(&self) -> bool {
+        self.enough
     }
 
     /// Asks for the pages covering `[addr, addr+len)`; parts outside the region are ignored.
@@ -501,6 +531,20 @@ impl Region {
         let end = (offset.saturating_add(len) / PAGE_SIZE) as u64;
         self.check(offset, len)?;
         crate::fault::discard_range(&self.inner, first, end);
+        Ok(())
+    }
+
+    /// Throws away the far copies of the whole pages inside `[offset, offset+len)` that
+    /// are not in local memory: they read as zeros afterwards, and their next touch costs
+    /// a zero-fill instead of a fetch. Pages in local memory keep their content and stay
+    /// mapped. Cheaper than [`Region::discard`] (no unmapping) for memory that is free
+    /// but likely to be reused soon, such as a freed heap block.
+    pub fn forget_far(&self, offset: usize, len: usize) -> Result<(), Error> {
+        let _pass = crate::fork::enter();
+        let first = offset.div_ceil(PAGE_SIZE) as u64;
+        let end = (offset.saturating_add(len) / PAGE_SIZE) as u64;
+        self.check(offset, len)?;
+        crate::fault::forget_far_range(&self.inner, first, end);
         Ok(())
     }
 

@@ -178,6 +178,39 @@ fn prefetch_upcall_sees_the_faulting_address_and_brings_pages() {
 }
 
 #[test]
+fn an_upcall_that_says_enough_replaces_the_prefetcher() {
+    // A sequential walk under readahead: with an upcall that asks for nothing but says
+    // `enough`, readahead never runs and every page is a major fault; with one that only
+    // asks for nothing, readahead still fetches ahead.
+    for enough in [true, false] {
+        let e = engine(64, PrefetchKind::Readahead);
+        let r = e.map(512 * PAGE).unwrap();
+        for p in 0..512 {
+            write_u64(&r, p, p as u64 ^ 0x55);
+        }
+        // Push everything out: the walk starts cold.
+        r.advise(0, 512 * PAGE, Advice::DontNeed).unwrap();
+        r.set_prefetch_hook(move |_, req| {
+            if enough {
+                req.enough();
+            }
+        });
+        e.reset_stats();
+        for p in 0..512 {
+            assert_eq!(read_u64(&r, p), p as u64 ^ 0x55);
+        }
+        let st = e.stats();
+        if enough {
+            assert_eq!(st.prefetched_pages, 0, "{st}");
+            assert!(st.major_faults >= 500, "{st}");
+        } else {
+            assert!(st.prefetched_pages > 400, "{st}");
+            assert!(st.major_faults < 100, "{st}");
+        }
+    }
+}
+
+#[test]
 fn kernel_reads_and_writes_far_buffers_in_thread_mode() {
     let e = Engine::builder()
         .local_budget(32 * PAGE)
