@@ -183,8 +183,13 @@ impl Metric {
         let re = match &a.metric {
             None => None,
             Some(src) => {
-                let re = Regex::new(src)
-                    .map_err(|e| anyhow!("--metric {src:?} is not a regular expression: {e}"))?;
+                let re = Regex::new(src).map_err(|e| {
+                    // The parser's message spans lines (the expression, a caret, the error).
+                    let msg = e.to_string();
+                    let last = msg.lines().last().unwrap_or("").trim();
+                    let why = last.strip_prefix("error: ").unwrap_or(last).to_owned();
+                    anyhow!("--metric {src:?} is not a regular expression: {why}")
+                })?;
                 let groups = re.captures_len() - 1;
                 if groups != 1 {
                     bail!(
@@ -421,6 +426,7 @@ fn preflight_farmem(a: &BenchCmdArgs) -> Result<()> {
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim();
+        let first = first.strip_prefix("farmem: error: ").unwrap_or(first);
         bail!(
             "the farmem system runs the program under `farmem run`, and `{shown}` failed ({}): {first}. \
              Fix that, or leave farmem out: --systems linux-swap,all-local",
