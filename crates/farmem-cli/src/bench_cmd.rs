@@ -485,6 +485,19 @@ fn execute(
         .stdout(writer.try_clone().context("duplicate the output pipe")?)
         .stderr(writer)
         .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
+    // is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The child has its own process group, so a Ctrl-C at the terminal does not
+            // reach it: have the kernel kill it if this process dies first.
+            // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let start = Instant::now();
     let child = spawn(&mut cmd)?;
     // The Command holds the pipe's write ends: close them, or the reader never sees EOF.
@@ -711,6 +724,11 @@ fn measure_in_swap(
         rec.set_extra("zram_peak_bytes", peak_orig);
         rec.set_extra("zram_ratio", peak_orig as f64 / peak_compr as f64);
     }
+    let zram = baseline.config().zram_bytes;
+    if peak_orig.saturating_mul(100) >= zram.saturating_mul(95) {
+        // Swap ran out rather than the budget: the kernel had nowhere to put pages.
+        rec.set_extra("zram_full", true);
+    }
     if oom > 0 {
         rec.set_extra("oom_kills", oom);
     }
@@ -917,7 +935,16 @@ fn run_line(r: &CmdRecord) -> String {
     let head = format!("  run {:>2}  {:<10}", r.run, r.system.as_str());
     match r.outcome {
         Outcome::OomKilled => {
-            return format!("{head}  OOM-killed by the kernel after {:.1} s", r.wall_s);
+            let full = r.extra.get("zram_full") == Some(&Value::Bool(true));
+            return format!(
+                "{head}  OOM-killed by the kernel after {:.1} s{}",
+                r.wall_s,
+                if full {
+                    " (zram was full: give a larger --zram-size)"
+                } else {
+                    ""
+                }
+            );
         }
         Outcome::TimedOut => {
             return format!("{head}  timed out: killed after {:.1} s", r.wall_s);
