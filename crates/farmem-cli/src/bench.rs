@@ -365,14 +365,17 @@ fn run_linux_swap(a: &BenchArgs) -> Result<BenchRecord> {
 /// `farmem summarize`: medians of JSON lines read from stdin.
 pub fn summarize_stdin() -> Result<()> {
     let lines: Vec<String> = std::io::stdin().lines().collect::<Result<_, _>>()?;
-    // bench-redis records carry a workload; bench records a pattern.
-    let redis = lines
+    // bench-redis records carry a workload, bench-cmd records a command; bench records a
+    // pattern.
+    let first = lines
         .iter()
         .find(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .is_some_and(|v| v.get("workload").is_some());
-    if redis {
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    if first.as_ref().is_some_and(|v| v.get("workload").is_some()) {
         return crate::bench_redis::summarize_lines(&lines);
+    }
+    if first.as_ref().is_some_and(|v| v.get("command").is_some()) {
+        return crate::bench_cmd::summarize_lines(&lines);
     }
     let mut all = Vec::new();
     for (i, line) in lines.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! The `farmem` command.
 
 mod bench;
+mod bench_cmd;
 mod bench_redis;
 mod demo;
 mod floor;
@@ -54,6 +55,16 @@ enum Command {
     /// killer stops is reported as killed.
     #[command(name = "bench-redis")]
     BenchRedis(bench_redis::BenchRedisArgs),
+    /// Any command under farmem, under Linux swap and all-local, with the same budget.
+    ///
+    /// Runs PROGRAM under `farmem run --local-mem LOCAL_MEM --stats` (farmem), in a memory
+    /// cgroup capped at LOCAL_MEM swapping to zram (linux-swap; set up and torn down here,
+    /// root needed) and plainly (all-local), the systems taking turns in each of --runs
+    /// runs. Reports, per run and as medians, the wall time, the metric (--metric REGEX
+    /// reads it from the program's output; default: wall seconds), major faults and
+    /// maximum RSS, and farmem's speed-up over the other two (above 1: farmem did better).
+    #[command(name = "bench-cmd")]
+    BenchCmd(bench_cmd::BenchCmdArgs),
     /// The mechanism floor: raw costs of the kernel operations behind a fault, beside
     /// farmem's own fault latency in each fault mode, measured in the same run.
     Floor(floor::FloorArgs),
@@ -63,8 +74,8 @@ enum Command {
     /// large anonymous mmaps come from far memory, with LOCAL_MEM of it kept local. It
     /// keeps farmem's process id, so its exit status and signals are its own.
     Run(run::RunArgs),
-    /// Reads `farmem bench --json` or `farmem bench-redis --json` lines on stdin and prints
-    /// their medians and ratios.
+    /// Reads `farmem bench --json`, `farmem bench-redis --json` or `farmem bench-cmd --json`
+    /// lines on stdin and prints their medians and ratios.
     Summarize,
     /// Internal: runs a workload all-local in this process (the Linux-swap child).
     #[command(hide = true, name = "__worker")]
@@ -80,6 +91,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchRedis(a) => bench_redis::run(a),
+        Command::BenchCmd(a) => bench_cmd::run(a),
         Command::Floor(a) => floor::run(a),
         Command::Run(a) => run::run(a),
         Command::Summarize => bench::summarize_stdin(),
