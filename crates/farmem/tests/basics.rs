@@ -178,6 +178,27 @@ fn prefetch_upcall_sees_the_faulting_address_and_brings_pages() {
 }
 
 #[test]
+fn forget_far_zeroes_only_far_pages() {
+    let e = engine(64, PrefetchKind::None);
+    let r = e.map(256 * PAGE).unwrap();
+    for p in 0..20 {
+        write_u64(&r, p, 1000 + p as u64);
+    }
+    r.advise(0, 10 * PAGE, Advice::DontNeed).unwrap();
+    let far_before = e.stats().far_pages;
+    // Unaligned ends: only the whole pages inside are affected.
+    r.forget_far(100, 20 * PAGE - 200).unwrap();
+    assert_eq!(read_u64(&r, 0), 1000, "page 0 is only partly inside the range");
+    for p in 1..10 {
+        assert_eq!(read_u64(&r, p), 0, "far page {p} was forgotten");
+    }
+    for p in 10..20 {
+        assert_eq!(read_u64(&r, p), 1000 + p as u64, "resident page {p} kept its data");
+    }
+    assert!(e.stats().far_pages < far_before, "the far copies were freed");
+}
+
+#[test]
 fn an_upcall_that_says_enough_replaces_the_prefetcher() {
     // A sequential walk under readahead: with an upcall that asks for nothing but says
     // `enough`, readahead never runs and every page is a major fault; with one that only
