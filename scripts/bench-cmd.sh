@@ -29,7 +29,8 @@ run() {
     shift
     echo "== $name: farmem $*"
     # A failed run makes bench-cmd exit 1 after all its runs: keep its records and go on.
-    "$F" "$@" --json >"$out/$name.jsonl" || status=1
+    # --json goes right after the subcommand: everything after `--` is the program's.
+    "$F" "$1" --json "${@:2}" >"$out/$name.jsonl" || status=1
     "$F" summarize <"$out/$name.jsonl" | tee "$out/$name.txt"
 }
 run cmd-quicksort-1g-256m bench-cmd --local-mem 256M --backend compressed: --runs 3 --timeout 900 \

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
 fi
-cargo build --release -q -p farmem-cli
+cargo build --release -q -p farmem-cli -p farmem-preload
 F=target/release/farmem
 out=bench-results
 mkdir -p "$out"

@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// correct for system calls farmem does not wrap) or auto (sigbus where available).
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub fault_mode: String,
+    /// Turn off the object prefetch (on by default): a fault inside a heap block of 8 to
+    /// 256 KiB brings in the rest of the block, and the prefetcher does not fetch past it.
+    #[arg(long)]
+    pub no_object_prefetch: bool,
     /// Print a summary of what far memory did when the program exits.
     #[arg(long)]
     pub stats: bool,
@@ -112,6 +116,10 @@ pub fn run(a: RunArgs) -> Result<()> {
         .env("FARMEM_PREFETCH", &a.prefetch)
         .env("FARMEM_EVICT", &a.evict)
         .env("FARMEM_FAULT_MODE", &a.fault_mode);
+    cmd.env(
+        "FARMEM_OBJECT_PREFETCH",
+        if a.no_object_prefetch { "0" } else { "1" },
+    );
     if a.stats {
         cmd.env("FARMEM_STATS", "1");
     }
