@@ -188,14 +188,25 @@ fn forget_far_zeroes_only_far_pages() {
     let far_before = e.stats().far_pages;
     // Unaligned ends: only the whole pages inside are affected.
     r.forget_far(100, 20 * PAGE - 200).unwrap();
-    assert_eq!(read_u64(&r, 0), 1000, "page 0 is only partly inside the range");
+    assert_eq!(
+        read_u64(&r, 0),
+        1000,
+        "page 0 is only partly inside the range"
+    );
     for p in 1..10 {
         assert_eq!(read_u64(&r, p), 0, "far page {p} was forgotten");
     }
     for p in 10..20 {
-        assert_eq!(read_u64(&r, p), 1000 + p as u64, "resident page {p} kept its data");
+        assert_eq!(
+            read_u64(&r, p),
+            1000 + p as u64,
+            "resident page {p} kept its data"
+        );
     }
-    assert!(e.stats().far_pages < far_before, "the far copies were freed");
+    assert!(
+        e.stats().far_pages < far_before,
+        "the far copies were freed"
+    );
 }
 
 #[test]
