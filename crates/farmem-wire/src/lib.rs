@@ -559,7 +559,7 @@ impl Message {
             Kind::Fetch => Message::Fetch { keys: c.keys()? },
             Kind::Discard => Message::Discard { keys: c.keys()? },
             Kind::Pages => {
-                if p.len() % PAGE != 0 || p.len() > MAX_BATCH * PAGE {
+                if !p.len().is_multiple_of(PAGE) || p.len() > MAX_BATCH * PAGE {
                     return Err(malformed(format!(
                         "{} bytes of pages is not a whole number of pages",
                         p.len()
