@@ -15,7 +15,9 @@
 //!                    memfd of its own, map it at the same address, register a new
 //!                    userfaultfd, open a new pidfd for zapping, start new reclaimer
 //!                    (and handler) threads; the far tier is the parent's, copied by
-//!                    fork itself (anonymous memory, copy-on-write). Then tell the parent.
+//!                    fork itself (anonymous memory, copy-on-write), or made the child's
+//!                    own by `Backend::after_fork_child` (the remote tier asks the node
+//!                    for a copy of the session). Then tell the parent.
 //!  parent            wait for the child's word (or its death), open the gate
 //! ```
 //!
@@ -232,6 +234,13 @@ pub fn child() {
     for s in &engines {
         if let Err(e) = s.zapper.after_fork() {
             crate::fatal::die_io("after fork: could not open a pidfd on the child", &e);
+        }
+        if let Err(e) = s.backend.after_fork_child() {
+            crate::fatal::die_tier(
+                "give a forked child its own copy of the far pages",
+                s.backend.name(),
+                &e,
+            );
         }
     }
     for r in &regions {

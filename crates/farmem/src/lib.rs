@@ -151,6 +151,9 @@ pub enum Error {
     /// The engine could not do it in time (pages stayed locked).
     #[error("{0}")]
     Busy(String),
+    /// The far tier could not be set up (a memory node out of reach or refusing).
+    #[error("{0}")]
+    Tier(String),
     /// A system call failed.
     #[error("could not {op}: {source}")]
     Os {

@@ -136,6 +136,10 @@ impl Backend for Faulty {
         }
     }
 
+    fn after_fork_child(&self) -> Result<(), TierError> {
+        self.inner.after_fork_child()
+    }
+
     fn discard(&self, keys: &[PageKey]) {
         if let FaultyMode::Full { .. } = self.mode {
             let mut held = self.held();

@@ -13,22 +13,44 @@
 //! `fetch` is on the fault path: it should not block on other callers for long and should
 //! not allocate in the common case. `store` is off the fast path and may allocate.
 //! There is no cancellation: every call completes or fails.
+//!
+//! # fork
+//! A tier is process memory, so a forked child inherits it (copy-on-write). A tier that
+//! holds something a child must not share (the remote tier's connections and its pages
+//! on the node) replaces it in [`Backend::after_fork_child`], which the fork handlers
+//! ([`crate::fork`]) call in the child before any of its faults.
 
 use std::io;
 
 mod compressed;
 mod faulty;
 mod memory;
+mod remote;
 
 pub use compressed::{Codec, Compressed};
 pub use faulty::{Faulty, FaultyMode};
 pub use memory::Memory;
+pub use remote::{DEFAULT_FETCH_CONNS, DEFAULT_POLL, DEFAULT_TIMEOUT, WRITE_CONNS};
+pub use remote::{Remote, RemoteConfig, read_token_file};
 
 /// A far tier by its URI: `mem:` (process memory), `compressed:` or `compressed:lz4`
-/// (lz4-compressed process memory), `compressed:zstd` or `compressed:zstd:LEVEL`. The
-/// trailing colon is optional.
+/// (lz4-compressed process memory), `compressed:zstd` or `compressed:zstd:LEVEL`, or
+/// `tcp://HOST:PORT` (a memory node, `farmem serve`; configured by the environment, see
+/// [`RemoteConfig::from_env`]). The trailing colon is optional.
+///
+/// For `tcp://` this connects: a node that cannot be reached, refuses the token or
+/// speaks another protocol version is an error here.
 pub fn from_uri(uri: &str) -> Result<std::sync::Arc<dyn Backend>, crate::Error> {
     use std::sync::Arc;
+    if let Some(addr) = uri.strip_prefix("tcp://") {
+        let addr = addr.trim_end_matches('/');
+        if addr.is_empty() || !addr.contains(':') {
+            return Err(crate::Error::InvalidArgument(format!(
+                "`{uri}` names no node: use tcp://HOST:PORT"
+            )));
+        }
+        return Ok(Arc::new(Remote::connect(RemoteConfig::from_env(addr)?)?));
+    }
     Ok(match uri {
         "mem" | "mem:" => Arc::new(Memory::new()),
         "compressed" | "compressed:" | "compressed:lz4" => Arc::new(Compressed::lz4()),
@@ -44,7 +66,7 @@ pub fn from_uri(uri: &str) -> Result<std::sync::Arc<dyn Backend>, crate::Error> 
             }
             None => {
                 return Err(crate::Error::InvalidArgument(format!(
-                    "unknown backend `{uri}`: use mem:, compressed: (lz4), compressed:zstd or compressed:zstd:LEVEL"
+                    "unknown backend `{uri}`: use mem:, compressed: (lz4), compressed:zstd, compressed:zstd:LEVEL or tcp://HOST:PORT"
                 )));
             }
         },
@@ -110,6 +132,20 @@ pub enum TierError {
     /// An I/O error from the tier's medium.
     #[error("far tier I/O failed: {0}")]
     Io(#[from] io::Error),
+    /// A memory node cannot take more pages.
+    #[error(
+        "the memory node {node} is full ({message}): give `farmem serve` more capacity or the program more local memory"
+    )]
+    NodeFull {
+        /// The node's address.
+        node: String,
+        /// What the node said.
+        message: String,
+    },
+    /// The tier is out of reach or has lost the pages; the text says which node and
+    /// what to do.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A snapshot of a tier's use.
@@ -158,4 +194,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Current use.
     fn stats(&self) -> TierStats;
+
+    /// Called in a forked child (by the fork handlers, before the child's first fault) to
+    /// give the child a tier of its own where sharing the parent's would be wrong (see
+    /// the module docs). An error stops the child loudly.
+    fn after_fork_child(&self) -> Result<(), TierError> {
+        Ok(())
+    }
 }

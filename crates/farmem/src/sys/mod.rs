@@ -1,9 +1,10 @@
-//! Everything that talks to the kernel: userfaultfd, memfd and mappings, signals.
+//! Everything that talks to the kernel: userfaultfd, memfd and mappings, signals, sockets.
 //!
 //! The rest of the engine uses the small safe-ish interface here and never calls libc
 //! itself (wasmtime's `sys/` habit).
 
 pub mod mem;
+pub mod net;
 pub mod raw;
 pub mod signal;
 pub mod uffd;

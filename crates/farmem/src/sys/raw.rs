@@ -1,10 +1,12 @@
-//! Memory-management system calls made directly, not through the C library's wrappers.
+//! System calls made directly, not through the C library's wrappers.
 //!
 //! When the engine runs inside `farmem run`'s preload library, that library replaces the
 //! C library's `mmap`, `munmap` and `madvise` for the program (large anonymous mappings
-//! become far memory). The engine's own mappings must not take that path, so it makes
-//! these calls with the `syscall` instruction itself. Return values follow the C
-//! functions: -1 (or `MAP_FAILED`) with errno set on failure.
+//! become far memory), and wraps the socket calls (to pin far buffers). The engine's own
+//! mappings must not take that path, and the remote tier's socket I/O on the fault path
+//! (often a signal handler) should not either, so they make these calls with the
+//! `syscall` instruction itself. Return values follow the C functions: -1 (or
+//! `MAP_FAILED`) with errno set on failure.
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -106,5 +108,72 @@ pub unsafe fn madvise(addr: *mut libc::c_void, len: usize, advice: i32) -> i32 {
     // SAFETY: forwarded.
     unsafe {
         libc::madvise(addr, len, advice)
+    }
+}
+
+/// recvfrom(2) without an address: `recv(fd, buf, len, flags)`.
+///
+/// # Safety
+/// As recv: `buf` is writable for `len` bytes.
+pub unsafe fn recv(fd: i32, buf: *mut u8, len: usize, flags: i32) -> isize {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(
+            libc::SYS_recvfrom,
+            fd as usize,
+            buf as usize,
+            len,
+            flags as usize,
+            0,
+            0,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::recv(fd, buf.cast(), len, flags)
+    }
+}
+
+/// sendmsg(2).
+///
+/// # Safety
+/// As sendmsg: `msg` and the buffers it names are valid.
+pub unsafe fn sendmsg(fd: i32, msg: *const libc::msghdr, flags: i32) -> isize {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(
+            libc::SYS_sendmsg,
+            fd as usize,
+            msg as usize,
+            flags as usize,
+            0,
+            0,
+            0,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::sendmsg(fd, msg, flags)
+    }
+}
+
+/// close(2).
+///
+/// # Safety
+/// `fd` is the caller's own descriptor, not used again.
+pub unsafe fn close(fd: i32) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(libc::SYS_close, fd as usize, 0, 0, 0, 0, 0) as i32
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::close(fd)
     }
 }
