@@ -157,8 +157,17 @@ fn set_errno(v: i32) {
 }
 
 /// Writes `msg` to stderr and aborts: the far-memory failure path in signal context, where
-/// panicking or formatting is not possible.
+/// panicking or formatting is not possible. When several threads fail at once (a lost
+/// memory node fails every thread's next call), the first one's message is written whole
+/// and the others wait for the abort.
 pub fn fatal(parts: &[&[u8]]) -> ! {
+    static DYING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DYING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            // SAFETY: pause has no preconditions; the first thread's abort ends the process.
+            unsafe { libc::pause() };
+        }
+    }
     for p in parts {
         let mut off = 0;
         while off < p.len() {
