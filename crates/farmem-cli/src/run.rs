@@ -7,23 +7,30 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use farmem::backend::Backend;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::opts;
 
 /// Options of `farmem run`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "The heap is every malloc-family allocation and every anonymous private read-write mmap of at least 256 KiB (FARMEM_MMAP_THRESHOLD). The C library's own allocations (stdio buffers and the like) stay local. Programs PROGRAM runs get the library too, each with its own budget; a forked child gets a snapshot of the parent's far memory and its own budget.\n\nExamples:\n  farmem run --local-mem 256M -- redis-server --port 7000\n  farmem run --local-mem 64M --backend compressed:zstd --stats -- python3 job.py"
+    after_help = "The heap is every malloc-family allocation and every anonymous private read-write mmap of at least 256 KiB (FARMEM_MMAP_THRESHOLD). The C library's own allocations (stdio buffers and the like) stay local. Programs PROGRAM runs get the library too, each with its own budget; a forked child gets a snapshot of the parent's far memory and its own budget.\n\nExamples:\n  farmem run --local-mem 256M -- redis-server --port 7000\n  farmem run --local-mem 64M --backend compressed:zstd --stats -- python3 job.py\n  farmem run --local-mem 1G --backend tcp://10.0.0.2:7070 --token-file node.token -- redis-server"
 )]
 pub struct RunArgs {
     /// Local memory budget for the program's heap (K, M, G suffixes).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = opts::size)]
     pub local_mem: u64,
-    /// Far tier: mem:, compressed: (lz4), compressed:zstd, compressed:zstd:LEVEL.
+    /// Far tier: mem:, compressed: (lz4), compressed:zstd, compressed:zstd:LEVEL, or
+    /// tcp://HOST:PORT (a memory node, `farmem serve`).
     #[arg(long, value_name = "URI", default_value = "compressed:")]
     pub backend: String,
+    /// The memory node's token, read from this file (for --backend tcp://HOST:PORT;
+    /// FARMEM_TOKEN_FILE or FARMEM_TOKEN otherwise).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// Prefetcher: none, readahead or majority.
     #[arg(long, value_name = "NAME", default_value = "readahead")]
     pub prefetch: String,
@@ -77,6 +84,19 @@ pub fn find_preload() -> Result<PathBuf> {
     )
 }
 
+/// The far tier `uri`; a memory node's token comes from `token_file` if given.
+fn backend(uri: &str, token_file: Option<&Path>) -> Result<Arc<dyn Backend>> {
+    let Some(path) = token_file else {
+        return Ok(farmem::backend::from_uri(uri)?);
+    };
+    let Some(addr) = uri.strip_prefix("tcp://") else {
+        bail!("--token-file is for a memory node (--backend tcp://HOST:PORT), not `{uri}`");
+    };
+    let mut cfg = farmem::backend::RemoteConfig::from_env(addr.trim_end_matches('/'))?;
+    cfg.token = farmem::backend::read_token_file(path)?;
+    Ok(Arc::new(farmem::backend::Remote::connect(cfg)?))
+}
+
 /// Runs `farmem run`: returns only on error.
 pub fn run(a: RunArgs) -> Result<()> {
     if a.local_mem < farmem::MIN_BUDGET_PAGES as u64 * 4096 {
@@ -85,7 +105,16 @@ pub fn run(a: RunArgs) -> Result<()> {
             farmem::MIN_BUDGET_PAGES * 4
         );
     }
-    farmem::backend::from_uri(&a.backend)?;
+    let token_file =
+        match &a.token_file {
+            Some(p) => Some(std::path::absolute(p).with_context(|| {
+                format!("--token-file {}: cannot resolve the path", p.display())
+            })?),
+            None => None,
+        };
+    // Connects to a memory node now (and frees this check's session when dropped below),
+    // so that an unreachable node or a wrong token is one line before the program runs.
+    let backend = backend(&a.backend, token_file.as_deref())?;
     let prefetch: farmem::PrefetchKind = a.prefetch.parse().map_err(anyhow::Error::msg)?;
     let evict: farmem::policy::PolicyKind = a.evict.parse().map_err(anyhow::Error::msg)?;
     let mode: farmem::FaultMode = a.fault_mode.parse().map_err(anyhow::Error::msg)?;
@@ -95,13 +124,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("--stats-interval must be a positive number of seconds (got {s})");
     }
     // The same checks the program's start would make, but with a clear error here.
-    farmem::Engine::builder()
+    let check = farmem::Engine::builder()
         .local_budget(a.local_mem as usize)
+        .backend(backend)
         .prefetch(prefetch)
         .policy(evict)
         .fault_mode(mode)
         .build()
         .context("far memory is not available on this machine")?;
+    drop(check);
     let preload = find_preload()?;
     let mut ld = preload.display().to_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
@@ -120,6 +151,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         "FARMEM_OBJECT_PREFETCH",
         if a.no_object_prefetch { "0" } else { "1" },
     );
+    if let Some(p) = &token_file {
+        cmd.env("FARMEM_TOKEN_FILE", p);
+    }
     if a.stats {
         cmd.env("FARMEM_STATS", "1");
     }

@@ -11,6 +11,9 @@
 //! The `farmem run` variants need `farmem run` and `libfarmem_preload.so` built beside the
 //! `farmem` binary (`cargo build --workspace`, which scripts/test.sh does first).
 
+#[path = "../../farmem/tests/fake_node/mod.rs"]
+mod fake_node;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -211,18 +214,20 @@ fn describe(out: &Output) -> String {
 /// Runs the program plainly, or under `farmem run`; asserts exit status 0 and the ok
 /// line, and returns stdout.
 fn run_program(name: &str, args: &[&str], under_farmem: bool) -> Option<String> {
+    let farmem: &[&str] = &["--local-mem", LOCAL_MEM, "--backend", "mem:"];
+    run_program_with(name, args, under_farmem.then_some(farmem))
+}
+
+/// Runs the program plainly (`farmem` None) or under `farmem run` with these options;
+/// asserts exit status 0 and the ok line, and returns stdout.
+fn run_program_with(name: &str, args: &[&str], farmem: Option<&[&str]>) -> Option<String> {
     let exe = programs()?.join(name);
-    let (cmd, what) = if under_farmem {
+    let (cmd, what) = if let Some(opts) = farmem {
         let mut c = Command::new(env!("CARGO_BIN_EXE_farmem"));
-        c.args(["run", "--local-mem", LOCAL_MEM, "--backend", "mem:", "--"])
-            .arg(&exe)
-            .args(args);
+        c.arg("run").args(opts).arg("--").arg(&exe).args(args);
         (
             c,
-            format!(
-                "farmem run --local-mem {LOCAL_MEM} --backend mem: -- {name} {}",
-                args.join(" ")
-            ),
+            format!("farmem run {} -- {name} {}", opts.join(" "), args.join(" ")),
         )
     } else {
         let mut c = Command::new(&exe);
@@ -249,6 +254,54 @@ fn torture_plain() {
 #[test]
 fn torture_under_farmem() {
     run_program("torture", TORTURE_ARGS, true);
+}
+
+/// The torture test with its heap on a memory node (a fake one, in this process, that
+/// speaks the real protocol over loopback TCP): threads, kernel access to far buffers,
+/// fork (the child gets a copy of the session), exec. `farmem run` checks the node and
+/// the token before the program starts, with a session of its own that it frees.
+#[test]
+fn torture_under_farmem_on_a_memory_node() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = fake_node::FakeNode::start(b"torture-token");
+    let dir = std::env::temp_dir().join(format!("farmem-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "torture-token\n").unwrap();
+    let uri = node.uri();
+    let opts = [
+        "--local-mem",
+        LOCAL_MEM,
+        "--backend",
+        &uri,
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let ran = run_program_with("torture", TORTURE_ARGS, Some(&opts));
+    let _ = std::fs::remove_dir_all(&dir);
+    if ran.is_none() {
+        return;
+    }
+    let st = &node.state;
+    eprintln!(
+        "node: {} sessions created, {} clones, {} fetches, {} stores, {} byes",
+        st.news.load(SeqCst),
+        st.clones.load(SeqCst),
+        st.fetches.load(SeqCst),
+        st.stores.load(SeqCst),
+        st.byes.load(SeqCst)
+    );
+    // farmem run's check, the program, and programs it ran (/bin/true loads the library).
+    assert!(st.news.load(SeqCst) >= 2);
+    assert!(
+        st.clones.load(SeqCst) >= 1,
+        "the forked child asked for no copy"
+    );
+    assert!(st.fetches.load(SeqCst) > 0 && st.stores.load(SeqCst) > 0);
+    assert!(
+        st.byes.load(SeqCst) >= 1,
+        "the check's session was not freed"
+    );
 }
 
 #[test]

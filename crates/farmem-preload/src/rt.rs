@@ -7,7 +7,9 @@
 //! | variable | meaning | default |
 //! | --- | --- | --- |
 //! | FARMEM_LOCAL_MEM | local budget in bytes | 256 MiB |
-//! | FARMEM_BACKEND | far tier URI (`mem:`, `compressed:`, `compressed:zstd`) | `compressed:` |
+//! | FARMEM_BACKEND | far tier URI (`mem:`, `compressed:`, `compressed:zstd`, `tcp://HOST:PORT`) | `compressed:` |
+//! | FARMEM_TOKEN_FILE, FARMEM_TOKEN | a memory node's token (file, or the token itself) | none |
+//! | FARMEM_REMOTE_TIMEOUT, FARMEM_REMOTE_POLL_US, FARMEM_REMOTE_CONNS | the remote tier's deadline, busy-poll, fetch connections (`farmem::backend::RemoteConfig::from_env`) | 10 s, 50 us, 4 |
 //! | FARMEM_PREFETCH | none, readahead, majority | readahead |
 //! | FARMEM_EVICT | clock, fifo | clock |
 //! | FARMEM_FAULT_MODE | auto, sigbus, thread | auto |

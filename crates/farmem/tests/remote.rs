@@ -496,7 +496,17 @@ fn a_forked_child_reads_its_snapshot_from_a_cloned_session() {
 
 /// One setting of the measurement: p50 and p99 (us) of a one-page fetch through the tier
 /// and of a major fault through the engine (random reads, no prefetch, budget 1/64).
-fn measure_once(node: &FakeNode, poll_us: u64) -> [f64; 4] {
+fn thread_cpu_us() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
+}
+
+fn measure_once(node: &FakeNode, poll_us: u64) -> [f64; 5] {
     let mut c = config(node, Duration::from_secs(10));
     c.poll = Duration::from_micros(poll_us);
     c.fetch_conns = 1;
@@ -504,11 +514,13 @@ fn measure_once(node: &FakeNode, poll_us: u64) -> [f64; 4] {
     let (keys, _) = stored_pages(&tier, 64);
     let mut out = vec![0u8; PAGE_SIZE];
     let mut lat = Vec::with_capacity(1000);
+    let cpu0 = thread_cpu_us();
     for i in 0..1000 {
         let t = Instant::now();
         tier.fetch(&keys[i % 64..i % 64 + 1], &mut out).unwrap();
         lat.push(t.elapsed().as_nanos() as f64 / 1e3);
     }
+    let cpu = (thread_cpu_us() - cpu0) / 1000.0;
     lat.sort_by(f64::total_cmp);
     let e = Engine::builder()
         .local_budget(64 * PAGE_SIZE)
@@ -539,6 +551,7 @@ fn measure_once(node: &FakeNode, poll_us: u64) -> [f64; 4] {
         lat[lat.len() * 99 / 100],
         st.major_latency.p50_us,
         st.major_latency.p99_us,
+        cpu,
     ]
 }
 
@@ -554,13 +567,17 @@ fn measure_busy_poll_against_blocking() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let polls = [0u64, 20, 50, 200];
+    let polls: Vec<u64> = std::env::var("POLLS")
+        .ok()
+        .map(|v| v.split(',').map(|p| p.parse().unwrap()).collect())
+        .unwrap_or(vec![0, 20, 50, 200]);
     println!(
-        "placement | poll_us | fetch p50 | fetch p99 | major fault p50 | major fault p99 (us, medians of {reps})"
+        "placement | poll_us | fetch p50 | fetch p99 | fetch CPU | major fault p50 | major fault p99 (us, medians of {reps})"
     );
-    for placement in ["same CPU", "other CPU", "unpinned"] {
+    let placements = std::env::var("PLACEMENTS").unwrap_or("same CPU,other CPU,unpinned".into());
+    for placement in placements.split(',') {
         let node = FakeNode::start(TOKEN);
-        let mut rows: Vec<Vec<[f64; 4]>> = vec![vec![]; polls.len()];
+        let mut rows: Vec<Vec<[f64; 5]>> = vec![vec![]; polls.len()];
         std::thread::scope(|s| {
             s.spawn(|| {
                 match placement {
@@ -588,9 +605,10 @@ fn measure_busy_poll_against_blocking() {
                 x[x.len() / 2]
             };
             println!(
-                "{placement:>9} | {poll:>7} | {:>9.1} | {:>9.1} | {:>15.1} | {:>15.1}",
+                "{placement:>9} | {poll:>7} | {:>9.1} | {:>9.1} | {:>9.1} | {:>15.1} | {:>15.1}",
                 med(0),
                 med(1),
+                med(4),
                 med(2),
                 med(3)
             );

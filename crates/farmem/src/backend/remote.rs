@@ -55,7 +55,7 @@ pub const WRITE_CONNS: usize = 2;
 /// How long a request may take, retries included, before the node is given up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a fetch busy-polls for its reply before it sleeps (see DESIGN.md, "Far tiers").
-pub const DEFAULT_POLL: Duration = Duration::from_micros(0);
+pub const DEFAULT_POLL: Duration = Duration::from_micros(50);
 /// The longest single attempt.
 const MAX_ATTEMPT: Duration = Duration::from_secs(1);
 /// How long the first connection may take: a node that is not there should be a quick,
