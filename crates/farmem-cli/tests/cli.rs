@@ -1,5 +1,8 @@
 //! The farmem binary end to end: bench output shape and clear errors.
 
+#[path = "../../farmem/tests/fake_node/mod.rs"]
+mod fake_node;
+
 use std::process::Command;
 
 fn farmem(args: &[&str]) -> std::process::Output {
@@ -128,4 +131,62 @@ fn floor_prints_every_probe() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(v["p50_us"].as_f64().unwrap() > 0.0, "{l}");
     }
+}
+
+/// `farmem run --backend tcp://...` connects before the program starts: a node that is not
+/// there, a wrong or unreadable token is one line, and the program never runs.
+#[test]
+fn run_checks_the_memory_node_before_the_program() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("tcp://{}", l.local_addr().unwrap())
+    };
+    let node = fake_node::FakeNode::start(b"right");
+    let dir = std::env::temp_dir().join(format!("farmem-cli-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "wrong\n").unwrap();
+    let wrong = wrong.to_str().unwrap();
+    let uri = node.uri();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--backend", &closed],
+            "cannot reach the memory node at 127.0.0.1:",
+        ),
+        (
+            &["--backend", &uri, "--token-file", wrong],
+            "refused this program's token",
+        ),
+        (
+            &["--backend", &uri, "--token-file", "/nonexistent/token"],
+            "cannot read the memory node's token from /nonexistent/token",
+        ),
+        (
+            &["--backend", "mem:", "--token-file", wrong],
+            "--token-file is for a memory node",
+        ),
+        (&["--backend", "tcp://nowhere"], "tcp://HOST:PORT"),
+    ];
+    for (opts, want) in cases {
+        let mut args = vec!["run"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--", "sh", "-c", "echo PROGRAM RAN"]);
+        let out = farmem(&args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!out.status.success(), "{opts:?} should fail");
+        assert!(!stdout.contains("PROGRAM RAN"), "{opts:?}: the program ran");
+        assert!(
+            stderr.contains(want),
+            "{opts:?}: stderr lacks `{want}`:\n{stderr}"
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{opts:?}: not one line:\n{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -518,8 +518,13 @@ impl Remote {
                 )));
             }
             Err(wire::WireError::Magic(m)) => {
+                let said = if m.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                    format!("`{}...`", String::from_utf8_lossy(&m))
+                } else {
+                    format!("{m:02x?}")
+                };
                 return Err(ConnectErr::Final(format!(
-                    "{addr} is not a farmem memory node (it answered {m:02x?}): check the address and port"
+                    "{addr} is not a farmem memory node (it answered {said}): check the address and port"
                 )));
             }
             Err(e) => return Err(ConnectErr::Transient(e.to_string())),
