@@ -399,46 +399,42 @@ impl Remote {
             )));
         }
         let fetch_conns = cfg.fetch_conns.clamp(1, 64);
-        let mut r = Remote {
+        let r = Remote {
             uri: format!("tcp://{addr}"),
             addrs,
             session: AtomicU64::new(0),
             secret: AtomicU64::new(0),
             capacity: AtomicU64::new(0),
             pid: AtomicI32::new(getpid()),
-            fetch: Box::new([]),
-            write: Box::new([]),
+            fetch: (0..fetch_conns).map(|_| Slot::new(None)).collect(),
+            write: (0..WRITE_CONNS).map(|_| Slot::new(None)).collect(),
             reconnects: AtomicU64::new(0),
             lost: OnceLock::new(),
             keys: Mutex::new(KeySet::default()),
             cfg,
         };
+        // From here on, an error drops `r`, which frees the session (`Bye`).
         let first = Instant::now() + FIRST_CONNECT.min(r.cfg.timeout);
-        let sock = r.open(Attach::New, first).map_err(|e| match e {
-            ConnectErr::Transient(why) => bad(format!(
-                "cannot reach the memory node at {addr}: {why}. Is `farmem serve` running there, and can this machine reach that port?"
-            )),
-            ConnectErr::Final(why) => bad(why),
-        })?;
-        let mut fetch = vec![Slot::new(Some(sock))];
-        let deadline = Instant::now() + r.cfg.timeout;
-        let join = |r: &Remote| {
-            r.open(r.join_attach(), deadline).map_err(|e| match e {
-                ConnectErr::Transient(why) => bad(format!(
+        let mut attach = Attach::New;
+        let mut deadline = first;
+        for s in r.fetch.iter().chain(r.write.iter()) {
+            let sock = r.open(attach.clone(), deadline).map_err(|e| match (e, &attach) {
+                (ConnectErr::Transient(why), Attach::New) => bad(format!(
+                    "cannot reach the memory node at {addr}: {why}. Is `farmem serve` running there, and can this machine reach that port?"
+                )),
+                (ConnectErr::Transient(why), _) => bad(format!(
                     "the memory node at {addr} took the first connection but not the next: {why}"
                 )),
-                ConnectErr::Final(why) => bad(why),
-            })
-        };
-        for _ in 1..fetch_conns {
-            fetch.push(Slot::new(Some(join(&r)?)));
+                (ConnectErr::Final(why), _) => bad(why),
+            })?;
+            if let Some(mut t) = s.try_take() {
+                t.conn().sock = Some(sock);
+            }
+            if matches!(attach, Attach::New) {
+                attach = r.join_attach();
+                deadline = Instant::now() + r.cfg.timeout;
+            }
         }
-        let mut write = Vec::new();
-        for _ in 0..WRITE_CONNS {
-            write.push(Slot::new(Some(join(&r)?)));
-        }
-        r.fetch = fetch.into_boxed_slice();
-        r.write = write.into_boxed_slice();
         Ok(r)
     }
 
