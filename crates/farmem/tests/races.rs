@@ -1,7 +1,9 @@
 //! Many threads faulting the same pages under a budget of 1-5% of the region while the
 //! reclaimer evicts them: every byte must come back as written.
 
-use farmem::backend::{Backend, Memory};
+mod fake_node;
+
+use farmem::backend::{Backend, Memory, Remote, RemoteConfig};
 use farmem::policy::PolicyKind;
 use farmem::{Engine, FaultMode, PrefetchKind};
 use std::sync::Arc;
@@ -144,6 +146,24 @@ fn thread_mode_six_threads_five_percent_budget() {
         Arc::new(Memory::new()),
         1024,
         51,
+        6,
+        2,
+    );
+}
+
+/// The remote tier (a fake node on loopback): faults race each other and write-back
+/// over several connections.
+#[test]
+fn sigbus_remote_tier_six_threads_two_percent_budget() {
+    let node = fake_node::FakeNode::start(b"");
+    let tier = Remote::connect(RemoteConfig::new(node.addr.to_string())).unwrap();
+    hammer(
+        FaultMode::Sigbus,
+        PolicyKind::Clock,
+        PrefetchKind::Readahead,
+        Arc::new(tier),
+        1024,
+        20,
         6,
         2,
     );

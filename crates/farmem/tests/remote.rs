@@ -7,7 +7,7 @@ mod fake_node;
 
 use fake_node::FakeNode;
 use farmem::backend::{Backend, PAGE_SIZE, PageKey, Remote, RemoteConfig, TierError};
-use farmem::{Engine, PrefetchKind};
+use farmem::{Engine, FaultMode, PrefetchKind};
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -40,12 +40,22 @@ fn pattern(page: usize, round: u64, out: &mut [u8]) {
 
 #[test]
 fn an_engine_keeps_every_byte_on_a_node() {
+    round_trips(FaultMode::Auto);
+}
+
+#[test]
+fn an_engine_in_thread_mode_keeps_every_byte_on_a_node() {
+    round_trips(FaultMode::Thread);
+}
+
+fn round_trips(mode: FaultMode) {
     let node = FakeNode::start(TOKEN);
     let tier = remote(&node, Duration::from_secs(10));
     let engine = Engine::builder()
         .local_budget(24 * PAGE_SIZE)
         .backend(tier.clone())
         .prefetch(PrefetchKind::Readahead)
+        .fault_mode(mode)
         .build()
         .unwrap();
     let (threads, per_thread, rounds) = (4usize, 64usize, 3u64);
