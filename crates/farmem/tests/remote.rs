@@ -343,6 +343,7 @@ fn failing_scenario(which: &str) {
     write_all(&r, 1);
     match which {
         "dead" => node.die(),
+        "shut down" => node.shut_down(),
         "stalled" => node.state.stall.store(true, SeqCst),
         "restarted" => node.restart(),
         _ => {}
@@ -475,6 +476,18 @@ fn a_dead_node_stops_the_program() {
     assert_loud_stop(
         "dead",
         &["did not answer", "far pages on it are lost", "farmem serve"],
+    );
+}
+
+#[test]
+fn a_node_that_shuts_down_stops_the_program_saying_so() {
+    assert_loud_stop(
+        "shut down",
+        &[
+            "did not answer",
+            "ShuttingDown: the node is stopping",
+            "far pages on it are lost",
+        ],
     );
 }
 

@@ -636,6 +636,9 @@ impl Remote {
         };
         let (mut tries, mut reconnects) = (0u32, 0u32);
         let mut last: Option<String> = None;
+        // What the node itself said last (it is shutting down, say): worth more than the
+        // refused connections that follow.
+        let mut said: Option<String> = None;
         loop {
             if conn.sock.is_none() {
                 reconnects += 1;
@@ -660,17 +663,26 @@ impl Remote {
                         conn.sock = Some(sock);
                         return Err(e);
                     }
-                    Err(Fail::Retry(why)) => last = Some(why),
+                    Err(Fail::Retry(why)) => {
+                        if why.starts_with("the node said") {
+                            said = Some(why.clone());
+                        }
+                        last = Some(why);
+                    }
                 }
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(self.lose(format!(
-                    "memory node {} did not answer a {} for {:.0?} ({reconnects} reconnects; last: {}); this program's far pages on it are lost. Check that `farmem serve` is running there and reachable",
+                    "memory node {} did not answer a {} for {:.0?} ({reconnects} reconnects; last: {}{}); this program's far pages on it are lost. Check that `farmem serve` is running there and reachable",
                     self.cfg.addr,
                     req.what(),
                     self.cfg.timeout,
                     last.as_deref().unwrap_or("no reply"),
+                    match &said {
+                        Some(s) if Some(s) != last.as_ref() => format!("; before that, {s}"),
+                        _ => String::new(),
+                    },
                 )));
             }
             // The first retry is at once (a damaged frame needs no pause), then 10 ms,
@@ -721,13 +733,24 @@ impl Remote {
         let mut hb = [0u8; HEADER_LEN];
         sock.recv_exact(&mut hb, spin_until, deadline).map_err(io)?;
         let h = Header::decode(&hb).map_err(|e| Fail::Retry(e.to_string()))?;
+        let len = h.len as usize;
         if h.id != id {
+            // A node that stops says so with request id 0 (`ShuttingDown`): keep its words
+            // for the message if the node never comes back.
+            if h.kind == Kind::Error && len <= conn.small.len() {
+                let p = &mut conn.small[..len];
+                if sock.recv_exact(p, None, deadline).is_ok()
+                    && h.check(&[p]).is_ok()
+                    && let Ok(Message::Error { code, message }) = Message::decode(&h, p)
+                {
+                    return Err(Fail::Retry(format!("the node said {code:?}: {message}")));
+                }
+            }
             return Err(Fail::Retry(format!(
                 "the reply names request {}, not {id}",
                 h.id
             )));
         }
-        let len = h.len as usize;
         match (h.kind, req) {
             (Kind::Pages, Req::Fetch(_)) => {
                 if len != out.len() {
@@ -773,7 +796,7 @@ impl Remote {
             }),
             Code::NoSession => Fail::Final(TierError::Unavailable(self.gone_text(&message))),
             Code::ShuttingDown | Code::Protocol => {
-                Fail::Retry(format!("the node answered {code:?}: {message}"))
+                Fail::Retry(format!("the node said {code:?}: {message}"))
             }
             Code::BadToken | Code::Version | Code::Other => {
                 Fail::Final(TierError::Unavailable(format!(

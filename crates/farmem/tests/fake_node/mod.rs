@@ -115,6 +115,16 @@ impl FakeNode {
         std::thread::sleep(Duration::from_millis(20)); // the accept loop notices
     }
 
+    /// Stops like `farmem serve` does: tells every connection `ShuttingDown` (request id
+    /// 0), then dies.
+    pub fn shut_down(&self) {
+        let bye = error(Code::ShuttingDown, "the node is stopping (SIGTERM)").encode(0);
+        for c in self.state.conns.lock().unwrap().iter() {
+            let _ = (&*c).write_all(&bye);
+        }
+        self.die();
+    }
+
     /// Forgets every session and drops every connection, like a node that restarted.
     pub fn restart(&self) {
         self.state.sessions.lock().unwrap().clear();
