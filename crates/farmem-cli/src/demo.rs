@@ -19,7 +19,8 @@ pub struct DemoArgs {
     /// Local memory budget.
     #[arg(long = "local-mem", default_value = "128M", value_parser = opts::size)]
     pub local_mem: u64,
-    /// Far tier: mem, compressed (lz4), compressed:zstd or compressed:zstd:LEVEL.
+    /// Far tier: mem, compressed (lz4), compressed:zstd, compressed:zstd:LEVEL, or
+    /// tcp://HOST:PORT (a memory node; its token from FARMEM_TOKEN_FILE or FARMEM_TOKEN).
     #[arg(long, default_value = "compressed")]
     pub backend: String,
     /// Skip the Linux-swap comparison.
