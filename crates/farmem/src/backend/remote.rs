@@ -358,6 +358,9 @@ pub struct Remote {
     /// Set once the node is given up: every later call fails with this.
     lost: OnceLock<String>,
     keys: Mutex<KeySet>,
+    /// `keys`' count, read by `stats` without the lock (a stats thread must never hold a
+    /// lock a forked child would inherit held).
+    pages: AtomicU64,
 }
 
 impl fmt::Debug for Remote {
@@ -411,6 +414,7 @@ impl Remote {
             reconnects: AtomicU64::new(0),
             lost: OnceLock::new(),
             keys: Mutex::new(KeySet::default()),
+            pages: AtomicU64::new(0),
             cfg,
         };
         // From here on, an error drops `r`, which frees the session (`Bye`).
@@ -831,6 +835,7 @@ impl Backend for Remote {
         for &k in keys {
             set.insert(k);
         }
+        self.pages.store(set.count, Relaxed);
         Ok(())
     }
 
@@ -856,10 +861,11 @@ impl Backend for Remote {
         for &k in keys {
             set.remove(k);
         }
+        self.pages.store(set.count, Relaxed);
     }
 
     fn stats(&self) -> TierStats {
-        let pages = self.keys().count;
+        let pages = self.pages.load(Relaxed);
         TierStats {
             pages,
             zero_pages: 0,
