@@ -188,5 +188,33 @@ fn run_checks_the_memory_node_before_the_program() {
             "{opts:?}: not one line:\n{stderr}"
         );
     }
+    for (var, value, want) in [
+        (
+            "FARMEM_REMOTE_TIMEOUT",
+            "soon",
+            "FARMEM_REMOTE_TIMEOUT=soon",
+        ),
+        ("FARMEM_REMOTE_POLL_US", "-1", "FARMEM_REMOTE_POLL_US=-1"),
+        ("FARMEM_REMOTE_CONNS", "0", "FARMEM_REMOTE_CONNS=0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_farmem"))
+            .args([
+                "run",
+                "--backend",
+                &uri,
+                "--",
+                "sh",
+                "-c",
+                "echo PROGRAM RAN",
+            ])
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(want),
+            "{var}: {stderr}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
