@@ -3,8 +3,10 @@
 mod bench;
 mod bench_cmd;
 mod bench_redis;
+mod bench_remote;
 mod demo;
 mod floor;
+mod node_child;
 mod opts;
 mod run;
 mod worker;
@@ -65,6 +67,12 @@ enum Command {
     /// maximum RSS, and farmem's speed-up over the other two (above 1: farmem did better).
     #[command(name = "bench-cmd")]
     BenchCmd(bench_cmd::BenchCmdArgs),
+    /// The remote tier beside the network's floor: starts a memory node (`farmem serve`)
+    /// on loopback as a child process and measures, in one run, a plain loopback TCP
+    /// round trip with a 4 KiB reply, farmem's major faults on the remote tier, and the
+    /// pages per second one client pulls with readahead, with the node's CPU per page.
+    #[command(name = "bench-remote")]
+    BenchRemote(bench_remote::BenchRemoteArgs),
     /// The mechanism floor: raw costs of the kernel operations behind a fault, beside
     /// farmem's own fault latency in each fault mode, measured in the same run.
     Floor(floor::FloorArgs),
@@ -92,6 +100,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::BenchRedis(a) => bench_redis::run(a),
         Command::BenchCmd(a) => bench_cmd::run(a),
+        Command::BenchRemote(a) => bench_remote::run(a),
         Command::Floor(a) => floor::run(a),
         Command::Run(a) => run::run(a),
         Command::Summarize => bench::summarize_stdin(),
