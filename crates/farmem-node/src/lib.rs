@@ -204,7 +204,7 @@ impl Shared {
     /// The message of an `Error { Full }`.
     pub fn full_message(&self, f: store::Full) -> String {
         format!(
-            "memory node {} is full: {} of {} bytes used ({} of {}), and {} more were asked for; start it with a larger --capacity, or give the client more local memory",
+            "memory node {} is full: {} of {} bytes used ({} of {}), and {} more were asked for; start the node with a larger --capacity, or run fewer or smaller clients on it (`farmem node-status` shows who holds what)",
             self.addr,
             f.used,
             f.total,
@@ -407,7 +407,8 @@ impl Server {
                 source,
             })?
             .collect();
-        if config.token.is_none() && !(!addrs.is_empty() && addrs.iter().all(is_loopback)) {
+        let loopback = !addrs.is_empty() && addrs.iter().all(is_loopback);
+        if config.token.is_none() && !loopback {
             return Err(NodeError::NoToken {
                 addr: addr.to_string(),
             });
