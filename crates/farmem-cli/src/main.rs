@@ -9,6 +9,7 @@ mod floor;
 mod node_child;
 mod opts;
 mod run;
+mod serve;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -82,6 +83,17 @@ enum Command {
     /// large anonymous mmaps come from far memory, with LOCAL_MEM of it kept local. It
     /// keeps farmem's process id, so its exit status and signals are its own.
     Run(run::RunArgs),
+    /// Lend this machine's memory to farmem processes on other machines (a memory node).
+    ///
+    /// Listens on ADDR for farmem's remote far tier (tcp://HOST:PORT) and holds up to
+    /// CAPACITY of their pages in its own memory. Clients must present the node's token
+    /// (--token-file or FARMEM_TOKEN); --insecure serves without one, on a loopback address
+    /// only. Each client process's pages are its own session, kept for --session-grace
+    /// seconds if its connections drop, freed when it exits. Stops on SIGTERM or SIGINT.
+    Serve(serve::ServeArgs),
+    /// What a memory node holds: clients, sessions, pages, bytes, requests per second.
+    #[command(name = "node-status")]
+    NodeStatus(serve::NodeStatusArgs),
     /// Reads `farmem bench --json`, `farmem bench-redis --json` or `farmem bench-cmd --json`
     /// lines on stdin and prints their medians and ratios.
     Summarize,
@@ -103,6 +115,8 @@ fn main() {
         Command::BenchRemote(a) => bench_remote::run(a),
         Command::Floor(a) => floor::run(a),
         Command::Run(a) => run::run(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::NodeStatus(a) => serve::node_status(a),
         Command::Summarize => bench::summarize_stdin(),
         Command::Worker { job } => worker::run(&job),
     };

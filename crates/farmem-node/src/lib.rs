@@ -136,7 +136,7 @@ pub enum NodeError {
         source: farmem_wire::WireError,
     },
     /// The node said no.
-    #[error("memory node {addr} refused: {message}")]
+    #[error("{message}")]
     Refused {
         /// As given.
         addr: String,
@@ -359,16 +359,23 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "served {} clients in {} sessions, {} requests ({} pages stored, {} fetched) in {:.1} s; dropped {} held in {} sessions",
+            "served {} clients in {} sessions, {} requests ({} pages stored, {} fetched) in {:.1} s",
             self.clients,
             self.sessions,
             self.requests,
             self.pages_stored,
             self.pages_fetched,
             self.uptime_secs,
-            human(self.bytes_left),
-            self.sessions_left
-        )
+        )?;
+        if self.sessions_left > 0 {
+            write!(
+                f,
+                "; dropped the {} that {} sessions still held",
+                human(self.bytes_left),
+                self.sessions_left
+            )?;
+        }
+        Ok(())
     }
 }
 
