@@ -115,6 +115,15 @@ fn read_frame(r: &mut impl Read) -> Result<Option<(u64, Message)>, (u64, WireErr
     Ok(Some((id, m)))
 }
 
+/// A client's name as the node shows it: at most 64 characters, control characters
+/// (a newline that would forge a log line) replaced.
+fn printable(name: &str) -> String {
+    name.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 fn error(code: Code, message: String) -> Message {
     Message::Error { code, message }
 }
@@ -330,6 +339,7 @@ impl Conn<'_> {
         if !sh.token_ok(token) {
             return self.bad_token(w, id, "a Hello");
         }
+        let name = printable(&name);
         let st = &sh.store;
         let made = match &attach {
             Attach::New => st.create(&name),
@@ -389,5 +399,29 @@ impl Conn<'_> {
         self.session = Some(s);
         reply(w, id, &welcome)?;
         Ok(Next::Go)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_made_printable() {
+        assert_eq!(
+            printable("redis[42]\nfarmem serve: forged"),
+            "redis[42]?farmem serve: forged"
+        );
+        assert_eq!(printable(&"x".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn a_version_mismatch_keeps_the_request_id() {
+        let mut f = Message::Done.encode(77);
+        f[4] = 9;
+        let (id, e) = read_frame(&mut &f[..]).unwrap_err();
+        assert_eq!(id, 77);
+        assert!(matches!(e, WireError::Version { theirs: 9, .. }));
+        assert!(read_frame(&mut &[][..]).unwrap().is_none());
     }
 }

@@ -197,6 +197,14 @@ impl Shared {
         }
     }
 
+    /// Wakes the reaper to see `stopping`. The registry lock is taken first: the reaper
+    /// holds it from its check of `stopping` until it waits, so the wake-up cannot fall
+    /// between the two and be lost.
+    fn wake_reaper(&self) {
+        drop(lock(&self.store.registry));
+        self.store.reaper.notify_all();
+    }
+
     pub fn stopping(&self) -> bool {
         self.stopping.load(Relaxed)
     }
@@ -330,7 +338,7 @@ impl ShutdownHandle {
         // Shutting a listening socket down wakes the thread blocked in accept(2) with
         // EINVAL (Linux); no self-connection or polling needed.
         let _ = socket2::SockRef::from(&*self.listener).shutdown(Shutdown::Both);
-        self.shared.store.reaper.notify_all();
+        self.shared.wake_reaper();
     }
 }
 
@@ -505,7 +513,7 @@ impl Server {
         for t in threads {
             let _ = t.join();
         }
-        shared.store.reaper.notify_all();
+        shared.wake_reaper();
         if let Some(r) = reaper {
             let _ = r.join();
         }
