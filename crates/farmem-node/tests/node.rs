@@ -502,3 +502,52 @@ fn stopping_closes_connections_and_sums_up() {
             .starts_with("served 1 clients in 1 sessions")
     );
 }
+
+#[test]
+fn parallel_sessions_with_the_same_keys_never_see_each_others_pages() {
+    let n = node(64 << 20, Duration::from_secs(30));
+    let addr = n.addr();
+    std::thread::scope(|sc| {
+        for t in 0..4u8 {
+            sc.spawn(move || {
+                let (mut c, session, secret) = Client::hello(addr, Attach::New);
+                let keys: Vec<u64> = (0..256).collect();
+                for round in 0..3u8 {
+                    let v = t * 16 + round;
+                    assert_eq!(c.store(&keys, |_| v), Message::Done);
+                    assert_pages(c.fetch(&keys), &keys, |_| v);
+                }
+                // A forked child of each, while the others store.
+                let (mut child, _, _) = Client::hello(addr, Attach::Clone { session, secret });
+                assert_pages(child.fetch(&keys), &keys, |_| t * 16 + 2);
+                assert_eq!(child.call(&Message::Bye { free: true }), Message::Done);
+                assert_eq!(c.call(&Message::Bye { free: true }), Message::Done);
+            });
+        }
+    });
+    let s = status(addr);
+    assert_eq!(
+        (s["sessions"].as_u64(), s["used_bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let n = node(16 << 20, Duration::from_secs(30));
+    let (mut c, _, _) = Client::hello(n.addr(), Attach::New);
+    let mut burst = Vec::new();
+    for k in 0..20u64 {
+        let m = Message::Store {
+            keys: vec![k],
+            data: page(k, 4),
+        };
+        burst.extend(m.encode(100 + 2 * k));
+        burst.extend(Message::Fetch { keys: vec![k] }.encode(101 + 2 * k));
+    }
+    c.s.write_all(&burst).unwrap();
+    for k in 0..20u64 {
+        assert_eq!(c.reply(100 + 2 * k), Message::Done);
+        assert_pages(c.reply(101 + 2 * k), &[k], |_| 4);
+    }
+}
