@@ -15,7 +15,7 @@ use crate::opts;
 /// Options of `farmem serve`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Clients reach the node as the far tier tcp://HOST:PORT and present the same token (FARMEM_TOKEN, or the file their --token-file names). Each client process gets a session: its pages are its own, no other client can name them, and a forked child gets a copy. A client whose connections all drop without saying goodbye keeps its pages for --session-grace seconds, so that it can reconnect after a network blip; a client that exits frees them at once.\n\nThe node keeps the pages in its own memory, up to --capacity for all clients together (leave the machine that much RAM to spare); a store that does not fit is refused and the client stops with a clear error. SIGTERM or SIGINT stops it: it closes every connection and prints a summary.\n\nExamples:\n  head -c 32 /dev/urandom | base64 > node.token; chmod 600 node.token\n  farmem serve --listen 0.0.0.0:7070 --capacity 16G --token-file node.token\n  farmem serve --listen 127.0.0.1:7070 --capacity 1G --insecure\n  farmem node-status 10.0.0.5:7070 --token-file node.token"
+    after_help = "Clients reach the node as the far tier tcp://HOST:PORT and present the same token (the file FARMEM_TOKEN_FILE names, or FARMEM_TOKEN). Each client process gets a session: its pages are its own, no other client can name them, and a forked child gets a copy. A client whose connections all drop without saying goodbye keeps its pages for --session-grace seconds, so that it can reconnect after a network blip; a client that exits frees them at once.\n\nThe node keeps the pages in its own memory, up to --capacity for all clients together (leave the machine that much RAM to spare); a store that does not fit is refused and the client stops with a clear error. SIGTERM or SIGINT stops it: it closes every connection and prints a summary.\n\nExamples:\n  head -c 32 /dev/urandom | base64 > node.token; chmod 600 node.token\n  farmem serve --listen 0.0.0.0:7070 --capacity 16G --token-file node.token\n  farmem serve --listen 127.0.0.1:7070 --capacity 1G --insecure\n  farmem node-status 10.0.0.5:7070 --token-file node.token"
 )]
 pub struct ServeArgs {
     /// Address to listen on, HOST:PORT: 0.0.0.0:7070 for every interface, 127.0.0.1:7070
@@ -25,8 +25,9 @@ pub struct ServeArgs {
     /// Most memory the node lends, to all clients together (K, M, G, T suffixes).
     #[arg(long, value_name = "SIZE", value_parser = opts::size)]
     pub capacity: u64,
-    /// File holding the token that clients must present (surrounding whitespace is
-    /// ignored; keep it mode 600). Without it, the FARMEM_TOKEN environment variable.
+    /// File holding the token that clients must present (a trailing newline is ignored;
+    /// keep it mode 600). Without it, the file FARMEM_TOKEN_FILE names, or the token in
+    /// FARMEM_TOKEN.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     /// Serve without a token. Allowed only on a loopback address (127.0.0.1, ::1), where
@@ -54,8 +55,8 @@ pub struct NodeStatusArgs {
     /// The node, HOST:PORT.
     #[arg(value_name = "ADDR")]
     pub addr: String,
-    /// File holding the node's token. Without it, FARMEM_TOKEN (none for a node started
-    /// with --insecure).
+    /// File holding the node's token. Without it, the file FARMEM_TOKEN_FILE names, or
+    /// FARMEM_TOKEN (none for a node started with --insecure).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     /// Print the node's answer as one line of JSON.
@@ -66,13 +67,18 @@ pub struct NodeStatusArgs {
     pub timeout: f64,
 }
 
-/// The token from `file`, else from FARMEM_TOKEN, with where it came from; `None` if
-/// neither is there.
+/// The token from `file`, else from the file FARMEM_TOKEN_FILE names, else from
+/// FARMEM_TOKEN, with where it came from; `None` if none of them is there. Read as the
+/// remote tier reads it: a file's trailing whitespace (its newline) is dropped, the
+/// variable is taken as it is.
 fn load_token(file: Option<&Path>) -> Result<Option<(Vec<u8>, String)>> {
-    if let Some(p) = file {
+    let env_file = std::env::var_os("FARMEM_TOKEN_FILE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    if let Some(p) = file.or(env_file.as_deref()) {
         let raw = std::fs::read(p)
             .with_context(|| format!("cannot read the token file {}", p.display()))?;
-        let token = raw.trim_ascii().to_vec();
+        let token = raw.trim_ascii_end().to_vec();
         if token.is_empty() {
             bail!(
                 "the token file {} is empty: put a token in it, e.g. `head -c 32 /dev/urandom | base64 > {}; chmod 600 {}`",
@@ -93,14 +99,8 @@ fn load_token(file: Option<&Path>) -> Result<Option<(Vec<u8>, String)>> {
         }
         return Ok(Some((token, p.display().to_string())));
     }
-    match std::env::var_os("FARMEM_TOKEN") {
-        Some(v) => {
-            let token = v.as_encoded_bytes().trim_ascii().to_vec();
-            if token.is_empty() {
-                bail!("FARMEM_TOKEN is set but empty: set it to the node's token, or unset it");
-            }
-            Ok(Some((token, "FARMEM_TOKEN".into())))
-        }
+    match std::env::var_os("FARMEM_TOKEN").filter(|v| !v.is_empty()) {
+        Some(v) => Ok(Some((v.into_encoded_bytes(), "FARMEM_TOKEN".into()))),
         None => Ok(None),
     }
 }
@@ -127,7 +127,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             format!("token from {from}")
         }
         (None, false) => bail!(
-            "no token: give --token-file PATH or set FARMEM_TOKEN (clients present the same token), or --insecure to serve without one on a loopback address"
+            "no token: give --token-file PATH, or set FARMEM_TOKEN_FILE or FARMEM_TOKEN (clients present the same token), or --insecure to serve without one on a loopback address"
         ),
         (None, true) => {
             if !farmem_node::is_loopback_addr(&a.listen)? {
@@ -196,7 +196,18 @@ pub fn node_status(a: NodeStatusArgs) -> Result<()> {
     let token = load_token(a.token_file.as_deref())?
         .map(|(t, _)| t)
         .unwrap_or_default();
-    let json = farmem_node::query_status(&a.addr, &token, Duration::from_secs_f64(a.timeout))?;
+    let json = match farmem_node::query_status(&a.addr, &token, Duration::from_secs_f64(a.timeout))
+    {
+        Ok(j) => j,
+        Err(farmem_node::NodeError::Refused {
+            code: farmem_wire::Code::BadToken,
+            message,
+            ..
+        }) => bail!(
+            "{message}: give node-status the node's token with --token-file PATH, FARMEM_TOKEN_FILE or FARMEM_TOKEN"
+        ),
+        Err(e) => return Err(e.into()),
+    };
     if a.json {
         println!("{json}");
         return Ok(());

@@ -12,7 +12,7 @@ use farmem_wire::{Attach, Message, PAGE};
 
 fn farmem() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_farmem"));
-    c.env_remove("FARMEM_TOKEN");
+    c.env_remove("FARMEM_TOKEN").env_remove("FARMEM_TOKEN_FILE");
     c
 }
 
@@ -216,7 +216,7 @@ fn serve_runs_shows_its_state_and_stops_on_sigterm() {
     }
     let out = farmem()
         .args(["node-status", &node.addr, "--json"])
-        .env("FARMEM_TOKEN", "correct-horse-battery")
+        .env("FARMEM_TOKEN_FILE", tok)
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -229,6 +229,12 @@ fn serve_runs_shows_its_state_and_stops_on_sigterm() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrong token"), "{err}");
+    let out = farmem()
+        .args(["node-status", &node.addr])
+        .env("FARMEM_TOKEN", "correct-horse-battery")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
 
     let t = Instant::now();
     node.signal("-TERM");
@@ -237,7 +243,7 @@ fn serve_runs_shows_its_state_and_stops_on_sigterm() {
     assert!(status.success(), "exit 0 on SIGTERM: {status:?}\n{err}");
     let last = err.lines().last().unwrap_or("");
     assert!(
-        last.starts_with("farmem serve: stopped; served 4 clients in 1 sessions"),
+        last.starts_with("farmem serve: stopped; served 5 clients in 1 sessions"),
         "{err}"
     );
     assert!(last.contains("3 pages stored"), "{last}");

@@ -320,7 +320,7 @@ impl Conn<'_> {
         sh.counters.dropped.fetch_add(1, Relaxed);
         sh.log(format_args!("wrong token in {what} from {}", self.peer));
         let msg = format!(
-            "wrong token: memory node {} was started with another token (give the client the node's token: FARMEM_TOKEN, or the file `farmem serve --token-file` reads)",
+            "wrong token: memory node {} was started with another token",
             sh.addr
         );
         reply(w, id, &error(Code::BadToken, msg))?;
