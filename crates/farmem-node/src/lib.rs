@@ -93,20 +93,20 @@ impl fmt::Debug for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The listen address does not resolve.
-    #[error("cannot resolve the listen address {addr}: {source}")]
+    #[error("cannot resolve the listen address {addr}: {error}")]
     Resolve {
         /// As given.
         addr: String,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// Listening failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// As given.
         addr: String,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// No token, on an address that others can reach.
     #[error(
@@ -120,20 +120,20 @@ pub enum NodeError {
     #[error("the capacity must be at least one page (4 KiB), not {0} bytes")]
     Capacity(u64),
     /// The node cannot be reached.
-    #[error("cannot reach the memory node at {addr}: {source}")]
+    #[error("cannot reach the memory node at {addr}: {error}")]
     Connect {
         /// As given.
         addr: String,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// The conversation with the node failed.
-    #[error("memory node {addr}: {source}")]
+    #[error("memory node {addr}: {error}")]
     Wire {
         /// As given.
         addr: String,
         /// Why.
-        source: farmem_wire::WireError,
+        error: farmem_wire::WireError,
     },
     /// The node said no.
     #[error("{message}")]
@@ -400,9 +400,9 @@ fn is_loopback(a: &SocketAddr) -> bool {
 pub fn is_loopback_addr(addr: &str) -> Result<bool, NodeError> {
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
-        .map_err(|source| NodeError::Resolve {
+        .map_err(|error| NodeError::Resolve {
             addr: addr.to_string(),
-            source,
+            error,
         })?
         .collect();
     Ok(!addrs.is_empty() && addrs.iter().all(is_loopback))
@@ -417,9 +417,9 @@ impl Server {
         }
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
-            .map_err(|source| NodeError::Resolve {
+            .map_err(|error| NodeError::Resolve {
                 addr: addr.to_string(),
-                source,
+                error,
             })?
             .collect();
         let loopback = !addrs.is_empty() && addrs.iter().all(is_loopback);
@@ -428,13 +428,13 @@ impl Server {
                 addr: addr.to_string(),
             });
         }
-        let listener = TcpListener::bind(&addrs[..]).map_err(|source| NodeError::Bind {
+        let listener = TcpListener::bind(&addrs[..]).map_err(|error| NodeError::Bind {
             addr: addr.to_string(),
-            source,
+            error,
         })?;
-        let local = listener.local_addr().map_err(|source| NodeError::Bind {
+        let local = listener.local_addr().map_err(|error| NodeError::Bind {
             addr: addr.to_string(),
-            source,
+            error,
         })?;
         Ok(Server {
             listener: Arc::new(listener),
@@ -682,9 +682,9 @@ impl Drop for Running {
 
 /// Asks the node at `addr` for its state (the JSON of its `StatusReply`).
 pub fn query_status(addr: &str, token: &[u8], timeout: Duration) -> Result<String, NodeError> {
-    let connect_err = |source| NodeError::Connect {
+    let connect_err = |error| NodeError::Connect {
         addr: addr.to_string(),
-        source,
+        error,
     };
     let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(connect_err)?.collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
@@ -705,9 +705,9 @@ pub fn query_status(addr: &str, token: &[u8], timeout: Duration) -> Result<Strin
     stream
         .set_write_timeout(Some(timeout))
         .map_err(connect_err)?;
-    let wire = |source| NodeError::Wire {
+    let wire = |error| NodeError::Wire {
         addr: addr.to_string(),
-        source,
+        error,
     };
     let ask = Message::Status {
         token: token.to_vec(),
