@@ -247,7 +247,14 @@ fn serve_runs_shows_its_state_and_stops_on_sigterm() {
         "{err}"
     );
     assert!(last.contains("3 pages stored"), "{last}");
-    // The client's connection was closed.
+    // The client was told, and its connection closed.
+    match farmem_wire::read_message(&mut s).unwrap() {
+        Some((0, Message::Error { code, message })) => {
+            assert_eq!(code, farmem_wire::Code::ShuttingDown, "{message}");
+            assert!(message.contains("is shutting down"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
         farmem_wire::read_message(&mut s),
         Ok(None) | Err(_)

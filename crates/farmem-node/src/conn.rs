@@ -8,6 +8,9 @@
 //!      +--bad frame, wrong token, unknown session, anything else--> Error, closed
 //! ```
 //!
+//! When the node stops, each connection answers what it has read, then sends
+//! `Error { ShuttingDown }` (request id 0) and closes.
+//!
 //! A frame is applied only once all of it has arrived and its CRC matched. A client that
 //! vanishes leaves its session like one that closed: the session is kept for the grace
 //! period (see `store.rs`).
@@ -52,6 +55,15 @@ pub(crate) fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     loop {
         let (id, msg) = match read_frame(&mut r) {
             Ok(Some(f)) => f,
+            // The node stopping shut the connection down for reading.
+            Ok(None) | Err(_) if shared.stopping() => {
+                let msg = error(
+                    Code::ShuttingDown,
+                    format!("memory node {} is shutting down", shared.addr),
+                );
+                let _ = reply(&mut w, 0, &msg);
+                break;
+            }
             Ok(None) => break,
             Err((id, e)) => {
                 c.bad_frame(&mut w, id, e);

@@ -505,9 +505,19 @@ impl Server {
                 threads.push(t);
             }
         }
-        // Stop: no new connections; close the open ones (their threads see the end of
-        // the stream and leave their sessions), then wait for them.
-        for (_, s) in lock(&shared.conns).drain() {
+        // Stop: no new connections. Shutting the open ones down for reading makes each
+        // thread see the end of the stream once it has answered what it already read:
+        // it tells its client that the node is shutting down and leaves. A thread stuck
+        // writing to a client that does not read is cut off after a second.
+        let conns: Vec<TcpStream> = lock(&shared.conns).drain().map(|(_, s)| s).collect();
+        for s in &conns {
+            let _ = s.shutdown(Shutdown::Read);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for s in &conns {
             let _ = s.shutdown(Shutdown::Both);
         }
         for t in threads {

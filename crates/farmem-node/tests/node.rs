@@ -491,6 +491,7 @@ fn stopping_closes_connections_and_sums_up() {
     let t = Instant::now();
     let summary = n.stop();
     assert!(t.elapsed() < Duration::from_secs(5));
+    assert_error(a.reply(0), Code::ShuttingDown, "is shutting down");
     a.assert_closed();
     assert_eq!(summary.clients, 1);
     assert_eq!(summary.sessions, 1);
@@ -550,4 +551,26 @@ fn pipelined_requests_are_answered_in_order() {
         assert_eq!(c.reply(100 + 2 * k), Message::Done);
         assert_pages(c.reply(101 + 2 * k), &[k], |_| 4);
     }
+}
+
+#[test]
+fn a_client_that_does_not_read_does_not_hold_up_the_stop() {
+    let n = node(16 << 20, Duration::from_secs(30));
+    let (mut c, _, _) = Client::hello(n.addr(), Attach::New);
+    let keys: Vec<u64> = (0..256).collect();
+    assert_eq!(c.store(&keys, |_| 1), Message::Done);
+    // 32 MiB of replies that are never read: the node's writer blocks.
+    let fetch = Message::Fetch { keys }.encode(9);
+    let burst: Vec<u8> = (0..32).flat_map(|_| fetch.iter().copied()).collect();
+    c.s.write_all(&burst).unwrap();
+    wait_status(n.addr(), "the fetches are being answered", |s| {
+        s["fetches"].as_u64() > Some(0)
+    });
+    let t = Instant::now();
+    let summary = n.stop();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        summary.requests < 1 + 32 + 1,
+        "not every fetch was answered"
+    );
 }
