@@ -270,7 +270,7 @@ pub(crate) enum AttachError {
 pub(crate) struct Registry {
     pub map: HashMap<u64, Arc<Session>>,
     next_id: u64,
-    /// Sessions ever created.
+    /// Sessions ever made (a refused clone is not counted).
     pub created: u64,
 }
 
@@ -279,11 +279,11 @@ impl Registry {
     fn make(&mut self, name: &str) -> Result<Session, AttachError> {
         let secret = getrandom::u64().map_err(|e| AttachError::Random(e.to_string()))?;
         self.next_id += 1;
-        self.created += 1;
         Ok(Session::new(self.next_id, secret, name.to_string()))
     }
 
     fn insert(&mut self, s: Session) -> Arc<Session> {
+        self.created += 1;
         let s = Arc::new(s);
         self.map.insert(s.id, s.clone());
         s
