@@ -3,10 +3,13 @@
 mod bench;
 mod bench_cmd;
 mod bench_redis;
+mod bench_remote;
 mod demo;
 mod floor;
+mod node_child;
 mod opts;
 mod run;
+mod serve;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +68,12 @@ enum Command {
     /// maximum RSS, and farmem's speed-up over the other two (above 1: farmem did better).
     #[command(name = "bench-cmd")]
     BenchCmd(bench_cmd::BenchCmdArgs),
+    /// The remote tier beside the network's floor: starts a memory node (`farmem serve`)
+    /// on loopback as a child process and measures, in one run, a plain loopback TCP
+    /// round trip with a 4 KiB reply, farmem's major faults on the remote tier, and the
+    /// pages per second one client pulls with readahead, with the node's CPU per page.
+    #[command(name = "bench-remote")]
+    BenchRemote(bench_remote::BenchRemoteArgs),
     /// The mechanism floor: raw costs of the kernel operations behind a fault, beside
     /// farmem's own fault latency in each fault mode, measured in the same run.
     Floor(floor::FloorArgs),
@@ -74,6 +83,17 @@ enum Command {
     /// large anonymous mmaps come from far memory, with LOCAL_MEM of it kept local. It
     /// keeps farmem's process id, so its exit status and signals are its own.
     Run(run::RunArgs),
+    /// Lend this machine's memory to farmem processes on other machines (a memory node).
+    ///
+    /// Listens on ADDR for farmem's remote far tier (tcp://HOST:PORT) and holds up to
+    /// CAPACITY of their pages in its own memory. Clients must present the node's token
+    /// (--token-file or FARMEM_TOKEN); --insecure serves without one, on a loopback address
+    /// only. Each client process's pages are its own session, kept for --session-grace
+    /// seconds if its connections drop, freed when it exits. Stops on SIGTERM or SIGINT.
+    Serve(serve::ServeArgs),
+    /// What a memory node holds: clients, sessions, pages, bytes, requests per second.
+    #[command(name = "node-status")]
+    NodeStatus(serve::NodeStatusArgs),
     /// Reads `farmem bench --json`, `farmem bench-redis --json` or `farmem bench-cmd --json`
     /// lines on stdin and prints their medians and ratios.
     Summarize,
@@ -92,8 +112,11 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::BenchRedis(a) => bench_redis::run(a),
         Command::BenchCmd(a) => bench_cmd::run(a),
+        Command::BenchRemote(a) => bench_remote::run(a),
         Command::Floor(a) => floor::run(a),
         Command::Run(a) => run::run(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::NodeStatus(a) => serve::node_status(a),
         Command::Summarize => bench::summarize_stdin(),
         Command::Worker { job } => worker::run(&job),
     };
