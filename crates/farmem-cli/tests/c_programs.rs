@@ -304,6 +304,73 @@ fn torture_under_farmem_on_a_memory_node() {
     );
 }
 
+/// The torture test with its heap on a real memory node: `farmem serve` on loopback, as
+/// a user starts it.
+#[test]
+fn torture_under_farmem_on_farmem_serve() {
+    use std::io::BufRead;
+    if programs().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("farmem-serve-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "serve-token\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_farmem"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--capacity", "1G"])
+        .arg("--token-file")
+        .arg(&token)
+        .env_remove("FARMEM_TOKEN")
+        .env_remove("FARMEM_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let err = node.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("farmem serve: listening on ") {
+                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_string());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
+        let _ = node.kill();
+        panic!("farmem serve did not start: {}", log.join().unwrap());
+    };
+    let uri = format!("tcp://{addr}");
+    let opts = [
+        "--local-mem",
+        LOCAL_MEM,
+        "--backend",
+        &uri,
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let ran = std::panic::catch_unwind(|| run_program_with("torture", TORTURE_ARGS, Some(&opts)));
+    // SAFETY: kill(2) on our own child's pid; it touches no memory of ours.
+    unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+    let status = node.wait().unwrap();
+    let log = log.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    eprint!("{log}");
+    if let Err(e) = ran {
+        std::panic::resume_unwind(e);
+    }
+    assert!(status.success(), "farmem serve: {status}\n{log}");
+    assert!(
+        log.contains("a copy of session"),
+        "the forked child asked for no copy:\n{log}"
+    );
+}
+
 #[test]
 fn quicksort_plain() {
     run_program("quicksort", QUICKSORT_ARGS, false);
