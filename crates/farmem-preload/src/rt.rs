@@ -338,6 +338,11 @@ fn find_libc_text() {
 }
 
 extern "C" fn finish() {
+    // In every process with the engine, a forked child's too: a memory node frees this
+    // process's session once the exit has closed its connections.
+    if let Some(rt) = rt() {
+        rt.engine.before_exit();
+    }
     // SAFETY: getpid has no preconditions.
     if !STATS_AT_EXIT.load(Relaxed) || unsafe { libc::getpid() } != INIT_PID.load(Relaxed) {
         return;

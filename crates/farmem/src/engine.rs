@@ -367,6 +367,13 @@ impl Engine {
     pub fn backend_name(&self) -> &str {
         self.shared.backend.name()
     }
+
+    /// The process is about to exit without dropping the engine (an exit hook): lets the
+    /// far tier free what it holds elsewhere once the process is gone (a memory node
+    /// frees the session). The engine keeps working until the process ends.
+    pub fn before_exit(&self) {
+        self.shared.backend.before_exit();
+    }
 }
 
 impl Drop for Engine {

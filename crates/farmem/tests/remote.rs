@@ -392,11 +392,37 @@ fn fork_scenario() {
     println!("FORK OK");
 }
 
+/// A process that leaves with `_exit` (no destructors), with or without the exit hook's
+/// farewell first; the node is the parent's.
+fn exit_scenario(farewell: bool) {
+    use std::io::Write;
+    let mut c = RemoteConfig::new(std::env::var("FARMEM_TEST_NODE").unwrap());
+    c.token = TOKEN.to_vec();
+    let tier = Remote::connect(c).unwrap();
+    let (keys, data) = stored_pages(&tier, 4);
+    if farewell {
+        tier.before_exit();
+    }
+    // Everything still works until the process is gone.
+    let mut out = vec![0u8; data.len()];
+    tier.fetch(&keys, &mut out).unwrap();
+    assert!(out == data);
+    for _ in 0..4 {
+        tier.store(&keys, &data).unwrap();
+    }
+    println!("EXIT OK");
+    std::io::stdout().flush().unwrap();
+    // SAFETY: leaving without destructors, as a process that exits does after its hooks.
+    unsafe { libc::_exit(0) };
+}
+
 #[test]
 fn child_scenario() {
     // Runs only as the child of the tests below.
     match std::env::var(CHILD_ENV).as_deref() {
         Ok("fork") => fork_scenario(),
+        Ok("exit") => exit_scenario(true),
+        Ok("exit without farewell") => exit_scenario(false),
         Ok(which) => failing_scenario(which),
         Err(_) => {}
     }
@@ -405,6 +431,13 @@ fn child_scenario() {
 /// Runs a scenario in a child process; returns its status, stdout and stderr. A child
 /// that has not finished in a minute is killed and the test fails.
 fn run_child(which: &str) -> (std::process::ExitStatus, String, String, Duration) {
+    run_child_env(which, &[])
+}
+
+fn run_child_env(
+    which: &str,
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String, Duration) {
     let exe = std::env::current_exe().unwrap();
     let t0 = Instant::now();
     let mut child = Command::new(exe)
@@ -416,6 +449,7 @@ fn run_child(which: &str) -> (std::process::ExitStatus, String, String, Duration
             "1",
         ])
         .env(CHILD_ENV, which)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -504,6 +538,29 @@ fn a_restarted_node_stops_the_program() {
 #[test]
 fn a_full_node_stops_the_program() {
     assert_loud_stop("full", &["is full", "node full: 1024 of 1024 MiB in use"]);
+}
+
+/// `before_exit` (the preload's exit hook) lets the node free the session once the
+/// process is gone; without it, the session waits for the node's grace period.
+#[test]
+fn an_exiting_process_leaves_no_session_behind() {
+    for (which, left) in [("exit", 0), ("exit without farewell", 1)] {
+        let node = FakeNode::start(TOKEN);
+        let addr = node.addr.to_string();
+        let (status, stdout, stderr, _) = run_child_env(which, &[("FARMEM_TEST_NODE", &addr)]);
+        assert!(
+            status.success() && stdout.contains("EXIT OK"),
+            "{which}: {status:?}\n{stdout}\n{stderr}"
+        );
+        let t0 = Instant::now();
+        while node.sessions() != left && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Let every connection's end reach the node before looking again.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(node.sessions(), left, "{which}");
+        assert_eq!(node.state.byes.load(SeqCst), 1 - left, "{which}");
+    }
 }
 
 #[test]

@@ -140,6 +140,10 @@ impl Backend for Faulty {
         self.inner.after_fork_child()
     }
 
+    fn before_exit(&self) {
+        self.inner.before_exit()
+    }
+
     fn discard(&self, keys: &[PageKey]) {
         if let FaultyMode::Full { .. } = self.mode {
             let mut held = self.held();

@@ -201,4 +201,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn after_fork_child(&self) -> Result<(), TierError> {
         Ok(())
     }
+
+    /// The process is about to exit (called from an exit hook, after the program's own
+    /// exit handlers): a tier that holds pages elsewhere arranges for them to be freed
+    /// once the process is gone. It must go on working until then (other threads may
+    /// still fault), and must not block for long.
+    fn before_exit(&self) {}
 }

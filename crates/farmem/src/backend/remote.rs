@@ -33,6 +33,14 @@
 //! pages (the parent goes on overwriting them). [`Backend::after_fork_child`] closes the
 //! inherited descriptors without sending anything, asks the node for a copy of the
 //! parent's session (`Hello Clone`) and joins the copy with new connections.
+//!
+//! # The end
+//! Dropping the tier says `Bye { free: true }` on every connection: the node frees the
+//! session. A process that exits without dropping it (`farmem run`'s programs) calls
+//! [`Backend::before_exit`] from its exit hook: one connection says `Bye { free: true }`
+//! and closes, the others serve on, and the node frees the session when the exit closes
+//! them. A process that leaves without exit hooks (`_exit`, a crash) leaves its session
+//! to the node's grace period.
 
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
@@ -874,6 +882,10 @@ impl Backend for Remote {
         }
     }
 
+    fn before_exit(&self) {
+        self.farewell();
+    }
+
     fn after_fork_child(&self) -> Result<(), TierError> {
         let me = getpid();
         if self.pid.load(Relaxed) == me {
@@ -919,6 +931,27 @@ impl Backend for Remote {
             }
         }
         Ok(())
+    }
+}
+
+impl Remote {
+    /// `Bye { free: true }` on one idle connection, which is then closed: the node frees
+    /// the session when its last connection closes, which the process's exit does. The
+    /// other connections go on serving until then (the one closed here is replaced if a
+    /// request needs it).
+    fn farewell(&self) {
+        if getpid() != self.pid.load(Relaxed) {
+            return;
+        }
+        let bye = Message::Bye { free: true }.encode(0);
+        for s in self.write.iter().rev().chain(self.fetch.iter().rev()) {
+            if let Some(mut t) = s.try_take()
+                && let Some(sock) = t.conn().sock.take()
+            {
+                let _ = sock.send_all(&[&bye], Instant::now() + Duration::from_millis(200));
+                return;
+            }
+        }
     }
 }
 

@@ -17,6 +17,11 @@ use std::time::Duration;
 struct Session {
     secret: u64,
     pages: HashMap<u64, Vec<u8>>,
+    /// Connections attached, and whether one said `Bye { free: true }`: like
+    /// `farmem serve`, the session is freed when its last connection goes after that
+    /// (and kept for ever otherwise: this node's grace never ends).
+    conns: usize,
+    free_on_last: bool,
 }
 
 /// Counters and switches, shared with the node's threads.
@@ -172,12 +177,26 @@ fn error(code: Code, message: &str) -> Message {
     }
 }
 
-fn serve(st: &State, mut s: TcpStream) {
+fn serve(st: &State, s: TcpStream) {
     let cpu = st.cpu.load(SeqCst);
     if cpu != usize::MAX {
         pin_to(cpu);
     }
     let mut session = None;
+    serve_until_closed(st, s, &mut session);
+    // The connection leaves its session.
+    if let Some(id) = session {
+        let mut sessions = st.sessions.lock().unwrap();
+        if let Some(s) = sessions.get_mut(&id) {
+            s.conns -= 1;
+            if s.conns == 0 && s.free_on_last {
+                sessions.remove(&id);
+            }
+        }
+    }
+}
+
+fn serve_until_closed(st: &State, mut s: TcpStream, session: &mut Option<u64>) {
     loop {
         let Ok(Some((id, m))) = read_message(&mut s) else {
             return;
@@ -198,7 +217,7 @@ fn serve(st: &State, mut s: TcpStream) {
         {
             continue;
         }
-        let reply = match (m, session) {
+        let reply = match (m, *session) {
             (
                 Message::Hello {
                     token,
@@ -214,7 +233,14 @@ fn serve(st: &State, mut s: TcpStream) {
                     let fresh = |sessions: &mut HashMap<u64, Session>, pages| {
                         let id = st.next_session.fetch_add(1, SeqCst);
                         let secret = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                        sessions.insert(id, Session { secret, pages });
+                        sessions.insert(
+                            id,
+                            Session {
+                                secret,
+                                pages,
+                                ..Session::default()
+                            },
+                        );
                         (id, secret)
                     };
                     let got = match attach {
@@ -242,7 +268,10 @@ fn serve(st: &State, mut s: TcpStream) {
                     };
                     match got {
                         Some((id, secret)) => {
-                            session = Some(id);
+                            *session = Some(id);
+                            if let Some(s) = sessions.get_mut(&id) {
+                                s.conns += 1;
+                            }
                             Message::Welcome {
                                 session: id,
                                 secret,
@@ -307,9 +336,10 @@ fn serve(st: &State, mut s: TcpStream) {
             }
             (Message::Bye { free }, Some(id)) => {
                 st.byes.fetch_add(1, SeqCst);
-                if free {
-                    st.sessions.lock().unwrap().remove(&id);
+                if free && let Some(s) = st.sessions.lock().unwrap().get_mut(&id) {
+                    s.free_on_last = true;
                 }
+                let _ = s.write_all(&frame(st, id, &Message::Done));
                 return;
             }
             (_, Some(_)) => error(Code::Protocol, "unexpected message"),
