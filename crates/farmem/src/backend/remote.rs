@@ -69,6 +69,8 @@ const MAX_ATTEMPT: Duration = Duration::from_secs(1);
 /// How long the first connection may take: a node that is not there should be a quick,
 /// clear error when the program starts.
 const FIRST_CONNECT: Duration = Duration::from_secs(3);
+/// The least time a forked child gives the node to copy its parent's session.
+const CLONE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Error replies and greetings are small; a larger one is malformed.
 const SMALL: usize = 2 + 4 + wire::MAX_TEXT;
 /// A request's keys part: header, count, keys.
@@ -485,7 +487,14 @@ impl Remote {
             let left = attempt.saturating_duration_since(Instant::now());
             match Sock::connect(a, left) {
                 Ok(sock) => {
-                    let (session, secret, capacity) = self.hello(&sock, &attach, attempt)?;
+                    // The node copies every page of the session before it answers a
+                    // Clone: give it the whole deadline (another attempt would start
+                    // another copy).
+                    let answer_by = match attach {
+                        Attach::Clone { .. } => deadline,
+                        _ => attempt,
+                    };
+                    let (session, secret, capacity) = self.hello(&sock, &attach, answer_by)?;
                     if !matches!(attach, Attach::Join { .. }) {
                         self.session.store(session, Release);
                         self.secret.store(secret, Release);
@@ -900,7 +909,9 @@ impl Backend for Remote {
             }
         }
         self.pid.store(me, Relaxed);
-        let deadline = Instant::now() + self.cfg.timeout;
+        // Copying a large session takes the node a while (GB/s): at least a minute.
+        let wait = self.cfg.timeout.max(CLONE_TIMEOUT);
+        let deadline = Instant::now() + wait;
         let parent = Attach::Clone {
             session: self.session.load(Acquire),
             secret: self.secret.load(Acquire),
@@ -916,8 +927,8 @@ impl Backend for Remote {
                     Err(ConnectErr::Transient(why)) => {
                         if Instant::now() >= deadline {
                             return Err(self.lose(format!(
-                                "memory node {} did not answer a forked child's request for its own copy of the pages for {:.0?} ({why})",
-                                self.cfg.addr, self.cfg.timeout
+                                "memory node {} did not answer a forked child's request for its own copy of the pages for {wait:.0?} ({why})",
+                                self.cfg.addr
                             )));
                         }
                         tries += 1;
