@@ -567,18 +567,41 @@ pub(crate) fn discard_range(r: &RegionInner, first: u64, end: u64) {
     if let Err(e) = shared.zapper.zap(&iov) {
         crate::fatal::die_io("could not unmap discarded pages (madvise)", &e);
     }
+    // Free the resident pages' frames, one hole punch per run of consecutive pages.
     let mut freed = 0;
-    for &(p, s) in &locked {
-        if s.is_resident() {
-            if let Err(e) = r.memfd.punch(p as usize * PAGE_SIZE, PAGE_SIZE) {
-                crate::fatal::die_io("could not free a discarded page (fallocate)", &e);
-            }
-            freed += 1;
+    let mut run: Option<(u64, u64)> = None;
+    let punch = |(a, b): (u64, u64)| {
+        if let Err(e) = r
+            .memfd
+            .punch(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE)
+        {
+            crate::fatal::die_io("could not free discarded pages (fallocate)", &e);
         }
+    };
+    for &(p, s) in &locked {
+        if !s.is_resident() {
+            continue;
+        }
+        freed += 1;
+        run = match run {
+            Some((a, b)) if b == p => Some((a, p + 1)),
+            Some(prev) => {
+                punch(prev);
+                Some((p, p + 1))
+            }
+            None => Some((p, p + 1)),
+        };
+    }
+    if let Some(last) = run {
+        punch(last);
+    }
+    // The tier forgets the far copies while the pages are still locked (see
+    // `forget_far_range`).
+    shared.backend.discard(&far);
+    for &(p, s) in &locked {
         r.states[p as usize].unlock(State::new(Tag::Untouched, 0, s.generation()));
     }
     shared.release_frames(freed);
-    shared.backend.discard(&far);
 }
 
 /// Forgets the far copies of the pages of `[first, end)` that are only far (not
@@ -587,8 +610,18 @@ pub(crate) fn discard_range(r: &RegionInner, first: u64, end: u64) {
 /// matters but which will likely be reused soon (a freed heap block), where a discard
 /// would cost a zero-fill fault on every resident page's next use.
 pub(crate) fn forget_far_range(r: &RegionInner, first: u64, end: u64) {
+    // Pages stay locked until the tier has forgotten them: unlocked earlier, a page could
+    // be written, evicted and stored again under the same key before the discard reaches
+    // the tier, which would then delete the new copy.
     let mut keys = [PageKey(0); 64];
+    let mut held = [(0u64, State(0)); 64];
     let mut n = 0;
+    let flush = |keys: &[PageKey], held: &[(u64, State)]| {
+        r.shared.backend.discard(keys);
+        for &(p, s) in held {
+            r.states[p as usize].unlock(State::new(Tag::Untouched, 0, s.generation()));
+        }
+    };
     for p in first..end.min(r.pages) {
         let w = &r.states[p as usize];
         let s = w.load();
@@ -596,14 +629,14 @@ pub(crate) fn forget_far_range(r: &RegionInner, first: u64, end: u64) {
             continue;
         }
         keys[n] = r.key(p);
+        held[n] = (p, s);
         n += 1;
-        w.unlock(State::new(Tag::Untouched, 0, s.generation()));
         if n == keys.len() {
-            r.shared.backend.discard(&keys);
+            flush(&keys, &held);
             n = 0;
         }
     }
     if n > 0 {
-        r.shared.backend.discard(&keys[..n]);
+        flush(&keys[..n], &held[..n]);
     }
 }
