@@ -308,7 +308,6 @@ fn torture_under_farmem_on_a_memory_node() {
 /// a user starts it.
 #[test]
 fn torture_under_farmem_on_farmem_serve() {
-    use std::io::BufRead;
     if programs().is_none() {
         return;
     }
@@ -317,34 +316,7 @@ fn torture_under_farmem_on_farmem_serve() {
     let token = dir.join("token");
     std::fs::write(&token, "serve-token\n").unwrap();
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_farmem"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--capacity", "1G"])
-        .arg("--token-file")
-        .arg(&token)
-        .env_remove("FARMEM_TOKEN")
-        .env_remove("FARMEM_TOKEN_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = node.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("farmem serve: listening on ") {
-                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_string());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
-        let _ = node.kill();
-        panic!("farmem serve did not start: {}", log.join().unwrap());
-    };
+    let (mut node, addr, log) = start_serve(&token);
     let uri = format!("tcp://{addr}");
     let opts = [
         "--local-mem",
@@ -464,4 +436,116 @@ fn objects_under_farmem_fetch_little_past_each_object() {
         "fetched {fetched} pages for {covered} pages read: prefetching runs past objects\n{out}"
     );
     assert!(accuracy >= 0.85, "prefetch accuracy {accuracy}\n{out}");
+}
+
+/// Starts `farmem serve` on loopback with `token`; returns it, its address and a thread
+/// that collects its log until it exits.
+fn start_serve(token: &Path) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    use std::io::BufRead;
+    let mut node = Command::new(env!("CARGO_BIN_EXE_farmem"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--capacity", "1G"])
+        .arg("--token-file")
+        .arg(token)
+        .env_remove("FARMEM_TOKEN")
+        .env_remove("FARMEM_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let err = node.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("farmem serve: listening on ") {
+                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_string());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
+        let _ = node.kill();
+        panic!("farmem serve did not start: {}", log.join().unwrap());
+    };
+    (node, addr, log)
+}
+
+/// The memory node is killed (SIGKILL) while a program under `farmem run` keeps faulting
+/// on it: the program must stop within the tier's deadline, non-zero, with a message that
+/// names the node and says its pages are lost. It must not hang, and must not go on with
+/// zeros in place of its pages (skewed.c would then report wrong sums, or finish "ok").
+#[test]
+fn killing_farmem_serve_mid_run_stops_the_program_loudly() {
+    let Some(progs) = programs() else { return };
+    let dir = std::env::temp_dir().join(format!("farmem-kill-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "kill-token\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (mut node, addr, log) = start_serve(&token);
+    let mut prog = Command::new(env!("CARGO_BIN_EXE_farmem"))
+        .args(["run", "--local-mem", LOCAL_MEM, "--backend"])
+        .arg(format!("tcp://{addr}"))
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--")
+        .arg(progs.join("skewed"))
+        .args(["--size", "64M", "--seconds", "60"])
+        .env("FARMEM_REMOTE_TIMEOUT", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it fill its array (most of it on the node) and start updating.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        prog.try_wait().unwrap().is_none(),
+        "the program ended before the kill"
+    );
+    node.kill().unwrap();
+    let killed_at = Instant::now();
+    node.wait().unwrap();
+    let _ = log.join();
+    let status = loop {
+        if let Some(s) = prog.try_wait().unwrap() {
+            break s;
+        }
+        if killed_at.elapsed() > Duration::from_secs(45) {
+            let _ = prog.kill();
+            panic!("the program hung after its memory node was killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = killed_at.elapsed();
+    let mut out = String::new();
+    let mut err = String::new();
+    prog.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    prog.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("stopped {took:?} after the kill, {status}:\n{err}");
+    assert!(
+        !status.success(),
+        "exit {status} after the node died\n{out}{err}"
+    );
+    assert!(
+        !out.contains("skewed: ok"),
+        "it finished as if nothing happened\n{out}{err}"
+    );
+    assert!(
+        err.contains(&format!("memory node {addr}")) && err.contains("lost"),
+        "the message must name the node and say the pages are lost:\n{err}"
+    );
+    assert!(took < Duration::from_secs(30), "it took {took:?} to stop");
 }
