@@ -92,34 +92,7 @@ fn engine_on(node: &NodeChild, budget_pages: usize, prefetch: PrefetchKind) -> R
 /// budget, each read timed, keeping those that took a major fault.
 fn remote_faults(node: &NodeChild, pages: usize) -> Result<Floor> {
     let engine = engine_on(node, (pages / 4).max(64), PrefetchKind::None)?;
-    let region = engine.map(pages * 4096)?;
-    let base = region.as_ptr();
-    for p in 0..pages {
-        // SAFETY: inside the region.
-        unsafe {
-            base.add(p * 4096)
-                .cast::<u64>()
-                .write_volatile(p as u64 + 1)
-        };
-    }
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut ns = Vec::with_capacity(pages);
-    for _ in 0..pages * 2 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let p = (x % pages as u64) as usize;
-        let before = engine.major_faults();
-        let t = Instant::now();
-        // SAFETY: inside the region.
-        let v = unsafe { base.add(p * 4096).cast::<u64>().read_volatile() };
-        let dt = t.elapsed().as_nanos() as u64;
-        ensure!(v == p as u64 + 1, "page {p} came back wrong");
-        if engine.major_faults() == before + 1 {
-            ns.push(dt);
-        }
-    }
-    Ok(Floor::of(ns))
+    crate::floor::timed_major_faults(&engine, pages)
 }
 
 /// Pages per second one client pulls reading a region sequentially with readahead (its

@@ -28,6 +28,13 @@ fn farmem_faults(mode: FaultMode, pages: usize) -> Result<Floor> {
         .fault_mode(mode)
         .prefetch(PrefetchKind::None)
         .build()?;
+    timed_major_faults(&engine, pages)
+}
+
+/// Fills a region of `pages` pages of `engine` (whose budget should be a fraction of it),
+/// then reads random pages, each read timed, and keeps the times of those that took a
+/// major fault. Every value read is checked.
+pub fn timed_major_faults(engine: &Engine, pages: usize) -> Result<Floor> {
     let region = engine.map(pages * 4096)?;
     let base = region.as_ptr();
     for p in 0..pages {

@@ -218,3 +218,38 @@ fn run_checks_the_memory_node_before_the_program() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `farmem bench-remote` starts its own `farmem serve`, measures against it, checks every
+/// page it reads back, and stops the node again.
+#[test]
+fn bench_remote_measures_against_its_own_node() {
+    let out = farmem(&[
+        "bench-remote",
+        "--pages",
+        "1000",
+        "--pull-pages",
+        "2048",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"));
+    for k in [
+        "tcp_4k_round_trip_p50_us",
+        "tcp_4k_round_trip_polling_p50_us",
+        "remote_fault_p50_us",
+        "remote_fault_p99_us",
+        "pull_pages_per_s",
+    ] {
+        let x = v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {v}"));
+        assert!(x > 0.0, "{k} = {x}");
+    }
+    assert!(
+        v["remote_fault_p99_us"].as_f64() >= v["remote_fault_p50_us"].as_f64(),
+        "{v}"
+    );
+}
