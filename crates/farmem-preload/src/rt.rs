@@ -13,7 +13,8 @@
 //! | FARMEM_PREFETCH | none, readahead, majority | readahead |
 //! | FARMEM_EVICT | clock, fifo | clock |
 //! | FARMEM_FAULT_MODE | auto, sigbus, thread | auto |
-//! | FARMEM_HEAP_MAX | bytes of address space for the heap | 128 GiB |
+//! | FARMEM_HEAP_MAX | bytes of address space for the heap (at most 1 TiB with the object prefetch) | 128 GiB |
+//! | FARMEM_OBJECT_PREFETCH | `0` turns off the object prefetch (`extent`; `farmem run --no-object-prefetch`) | on |
 //! | FARMEM_MMAP_THRESHOLD | anonymous mmaps from this size up are far | 256 KiB |
 //! | FARMEM_STATS | print a summary at exit (`1`) | off |
 //! | FARMEM_STATS_INTERVAL | print a live line every SECS seconds | off |
