@@ -185,7 +185,14 @@ pub fn run(a: BenchRemoteArgs) -> Result<()> {
             "  one client's sequential pull           {rate:>10.0} pages/s ({:.0} MiB/s)",
             rate * 4096.0 / (1 << 20) as f64
         );
-        println!("  node CPU per page pulled               {cpu:>8.2} us");
+        if cpu > 0.0 {
+            println!("  node CPU per page pulled               {cpu:>8.2} us");
+        } else {
+            // /proc counts CPU time in clock ticks (10 ms): a short pull may show none.
+            println!(
+                "  node CPU per page pulled               n/a (pull too short to measure; raise --pull-pages)"
+            );
+        }
     }
     Ok(())
 }
