@@ -364,6 +364,27 @@ fn run_linux_swap(a: &BenchArgs) -> Result<BenchRecord> {
 }
 
 /// `farmem summarize`: medians of JSON lines read from stdin.
+/// Parses one `farmem KIND --json` record per non-empty line; an error names the line,
+/// and no records at all is an error that says what to pipe in.
+pub fn parse_records<T>(
+    lines: &[String],
+    kind: &str,
+    parse: impl Fn(&str) -> Result<T, serde_json::Error>,
+) -> Result<Vec<T>> {
+    let mut all = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.trim().is_empty() {
+            all.push(
+                parse(line).with_context(|| format!("line {} is not a {kind} record", i + 1))?,
+            );
+        }
+    }
+    if all.is_empty() {
+        bail!("no {kind} records on stdin: pipe `farmem {kind} --json` into it");
+    }
+    Ok(all)
+}
+
 pub fn summarize_stdin() -> Result<()> {
     let lines: Vec<String> = std::io::stdin().lines().collect::<Result<_, _>>()?;
     // bench-redis records carry a workload, bench-cmd records a command; bench records a
@@ -378,19 +399,7 @@ pub fn summarize_stdin() -> Result<()> {
     if first.as_ref().is_some_and(|v| v.get("command").is_some()) {
         return crate::bench_cmd::summarize_lines(&lines);
     }
-    let mut all = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        all.push(
-            BenchRecord::from_json_line(line)
-                .with_context(|| format!("line {} is not a bench record", i + 1))?,
-        );
-    }
-    if all.is_empty() {
-        bail!("no bench records on stdin: pipe `farmem bench --json` into it");
-    }
+    let all = parse_records(&lines, "bench", BenchRecord::from_json_line)?;
     summary(&all);
     Ok(())
 }

@@ -1166,19 +1166,7 @@ pub fn summary(all: &[CmdRecord]) {
 
 /// `farmem summarize` for bench-cmd records.
 pub fn summarize_lines(lines: &[String]) -> Result<()> {
-    let mut all = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        all.push(
-            CmdRecord::from_json_line(line)
-                .with_context(|| format!("line {} is not a bench-cmd record", i + 1))?,
-        );
-    }
-    if all.is_empty() {
-        bail!("no bench-cmd records on stdin");
-    }
+    let all = crate::bench::parse_records(lines, "bench-cmd", CmdRecord::from_json_line)?;
     summary(&all);
     Ok(())
 }

@@ -660,19 +660,7 @@ pub fn summary(all: &[RedisRecord]) {
 
 /// `farmem summarize` for bench-redis records.
 pub fn summarize_lines(lines: &[String]) -> Result<()> {
-    let mut all = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        all.push(
-            RedisRecord::from_json_line(line)
-                .with_context(|| format!("line {} is not a bench-redis record", i + 1))?,
-        );
-    }
-    if all.is_empty() {
-        bail!("no bench-redis records on stdin");
-    }
+    let all = crate::bench::parse_records(lines, "bench-redis", RedisRecord::from_json_line)?;
     summary(&all);
     Ok(())
 }
