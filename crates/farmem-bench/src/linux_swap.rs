@@ -488,6 +488,11 @@ impl SwapBaseline {
         &self.cgroup
     }
 
+    /// How many times the kernel's OOM killer has fired in this cgroup so far.
+    pub fn oom_kills(&self) -> u64 {
+        oom_kills(&self.cgroup)
+    }
+
     /// Spawns `cmd` inside the cgroup: the child joins it before exec (see the module
     /// docs). The caller owns the child; anything still running in the cgroup is killed on
     /// teardown.
@@ -888,6 +893,20 @@ fn parse_comp_algorithms(s: &str) -> (Option<String>, Vec<String>) {
         all.push(name.to_owned());
     }
     (current, all)
+}
+
+/// How many times the kernel's OOM killer fired in a memory cgroup (`oom_kill` in
+/// `memory.oom_control`); 0 when the file cannot be read.
+pub fn oom_kills(cgroup: &Path) -> u64 {
+    std::fs::read_to_string(cgroup.join("memory.oom_control"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use anyhow::{Result, bail};
 use farmem::backend::Backend;
 use std::sync::Arc;
 
+pub use farmem_bench::linux_swap::oom_kills;
+
 /// A size with K/M/G/T suffixes (binary).
 pub fn size(s: &str) -> Result<u64, String> {
     farmem_bench::parse_size(s).map_err(|e| e.to_string())
@@ -31,18 +33,4 @@ pub fn check_budget(size: u64, local: u64) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// How many times the kernel's OOM killer fired in a memory cgroup (`oom_kill` in
-/// `memory.oom_control`).
-pub fn oom_kills(cgroup: &std::path::Path) -> u64 {
-    std::fs::read_to_string(cgroup.join("memory.oom_control"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("oom_kill ")
-                    .and_then(|n| n.trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
 }
