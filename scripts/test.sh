@@ -33,8 +33,11 @@ trap 'rm -f "$log"' EXIT
 # cargo test builds only what tests link; the cdylibs (libfarmem_capi.so, and
 # libfarmem_preload.so that `farmem run` preloads) must be built beside the binary.
 cargo build --workspace
-cargo test --workspace 2>&1 | tee "$log"
+# --no-fail-fast: one run shows every failing test binary, not only the first.
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line with the totals of every test binary (the last binary cargo runs is a
 # doc-test run that may hold no test, which would otherwise be the closing line).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
