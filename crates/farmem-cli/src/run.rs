@@ -37,14 +37,21 @@ pub struct RunArgs {
     /// Eviction policy: clock or fifo.
     #[arg(long, value_name = "NAME", default_value = "clock")]
     pub evict: String,
-    /// Fault path: sigbus (in the faulting thread, fast), thread (handler threads; also
-    /// correct for system calls farmem does not wrap) or auto (sigbus where available).
+    /// Fault path: sigbus (in the faulting thread, fast), thread (handler threads, about
+    /// ten times slower per fault here) or auto (sigbus where available).
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub fault_mode: String,
     /// Turn off the object prefetch (on by default): a fault inside a heap block of 8 to
     /// 256 KiB brings in the rest of the block, and the prefetcher does not fetch past it.
     #[arg(long)]
     pub no_object_prefetch: bool,
+    /// Turn off the syscall guard (on by default in the sigbus fault mode, Linux 5.11+):
+    /// system calls the program makes outside the C library's common entry points (the
+    /// `syscall` instruction, the C library's internal calls) go through farmem first, so
+    /// that the kernel never meets an evicted far buffer; about 1 us per such call.
+    /// Without it, such a call on an evicted buffer fails with EFAULT.
+    #[arg(long)]
+    pub no_syscall_guard: bool,
     /// Print a summary of what far memory did when the program exits.
     #[arg(long)]
     pub stats: bool,
@@ -151,6 +158,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         "FARMEM_OBJECT_PREFETCH",
         if a.no_object_prefetch { "0" } else { "1" },
     );
+    if a.no_syscall_guard {
+        cmd.env("FARMEM_SYSCALL_GUARD", "0");
+    }
     if let Some(p) = &token_file {
         cmd.env("FARMEM_TOKEN_FILE", p);
     }

@@ -35,6 +35,7 @@ const QUICKSORT_ARGS: &[&str] = &["--size", "64M"];
 const SKEWED_ARGS: &[&str] = &["--size", "64M", "--seconds", "2"];
 const API_ARGS: &[&str] = &["--size", "32M"];
 const OBJECTS_ARGS: &[&str] = &["--size", "64M", "--reads", "20000"];
+const RAWSYS_ARGS: &[&str] = &["--size", "32M", "--rounds", "2"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -95,7 +96,7 @@ fn compile_all() -> Option<PathBuf> {
     }
 
     let src = repo_root().join("tests/c");
-    for name in ["torture", "quicksort", "skewed"] {
+    for name in ["torture", "quicksort", "skewed", "rawsys"] {
         gcc(
             &dir,
             name,
@@ -406,6 +407,83 @@ fn api_under_farmem() {
 #[test]
 fn objects_plain() {
     run_program("objects", OBJECTS_ARGS, false);
+}
+
+#[test]
+fn rawsys_plain() {
+    run_program("rawsys", RAWSYS_ARGS, false);
+}
+
+/// System calls no wrapper sees (the `syscall` instruction, the C library's internal
+/// calls, a signal handler's, a new thread's, a forked child's) on evicted heap buffers:
+/// the syscall guard brings the pages in, and --stats says how many calls it dispatched.
+#[test]
+fn rawsys_under_farmem_the_syscall_guard_brings_far_buffers_in() {
+    let Some(dir) = programs() else { return };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_farmem"));
+    cmd.args([
+        "run",
+        "--local-mem",
+        LOCAL_MEM,
+        "--backend",
+        "mem:",
+        "--stats",
+        "--",
+    ])
+    .arg(dir.join("rawsys"))
+    .args(RAWSYS_ARGS);
+    let out = run(cmd, "farmem run --stats -- rawsys");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("rawsys: ok"),
+        "{}",
+        describe(&out)
+    );
+    let far: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("syscall guard: on, ").nth(1)?;
+            rest.split('(').nth(1)?.split(' ').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no syscall guard line in:\n{stderr}"));
+    // Per round: 6 raw calls in each of the main thread, a thread and a child, the eight
+    // C library calls, and the signal handler's.
+    assert!(
+        far >= 20,
+        "only {far} dispatched calls named far buffers\n{stderr}"
+    );
+}
+
+/// The same program with the guard off meets EFAULT: what the guard is for.
+#[test]
+fn rawsys_without_the_syscall_guard_meets_efault() {
+    let Some(dir) = programs() else { return };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_farmem"));
+    cmd.args([
+        "run",
+        "--local-mem",
+        LOCAL_MEM,
+        "--backend",
+        "mem:",
+        "--fault-mode",
+        "sigbus",
+        "--no-syscall-guard",
+        "--",
+    ])
+    .arg(dir.join("rawsys"))
+    .args(["--size", "32M", "--rounds", "1"]);
+    let out = run(cmd, "farmem run --no-syscall-guard -- rawsys");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    for what in [
+        "raw getrandom into the heap (EFAULT)",
+        "uname into the heap (EFAULT)",
+    ] {
+        assert!(stderr.contains(what), "no `{what}` in:\n{stderr}");
+    }
 }
 
 /// Whole objects read in random order: the object prefetch brings in the rest of an

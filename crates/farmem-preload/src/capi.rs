@@ -49,12 +49,14 @@ fn clip(addr: *const c_void, len: size_t) -> Option<(usize, usize)> {
 /// `farmem_active`.
 #[unsafe(no_mangle)]
 pub extern "C" fn farmem_active() -> c_int {
+    let _sud = farmem::sys::sud::allow();
     rt::ready() as c_int
 }
 
 /// `farmem_prefetch`.
 #[unsafe(no_mangle)]
 pub extern "C" fn farmem_prefetch(addr: *const c_void, len: size_t) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     if let (Some(rt), Some((off, len))) = (rt::rt(), clip(addr, len)) {
         let _ = rt.region.prefetch(off, len);
     }
@@ -64,6 +66,7 @@ pub extern "C" fn farmem_prefetch(addr: *const c_void, len: size_t) -> c_int {
 /// `farmem_advise`.
 #[unsafe(no_mangle)]
 pub extern "C" fn farmem_advise(addr: *const c_void, len: size_t, advice: c_int) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     use farmem::Advice::*;
     let a = match advice {
         0 => Normal,
@@ -87,6 +90,7 @@ pub extern "C" fn farmem_advise(addr: *const c_void, len: size_t, advice: c_int)
 /// brings in the rest of a mid-sized block; see `extent`).
 #[unsafe(no_mangle)]
 pub extern "C" fn farmem_set_prefetch_hook(hook: Option<Hook>) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     if rt::rt().is_none() {
         return 0;
     }
@@ -113,6 +117,7 @@ pub(crate) fn call_hook(h: Hook, addr: usize, req: &mut farmem::PrefetchRequest)
 /// `out` points to a `struct farmem_stats`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn farmem_stats(out: *mut FarmemStats) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     if out.is_null() {
         // SAFETY: this thread's errno slot.
         unsafe { *libc::__errno_location() = libc::EINVAL };

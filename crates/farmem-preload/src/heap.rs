@@ -160,6 +160,7 @@ fn give_back(p: usize, size: usize) {
 
 /// malloc and friends: `size` bytes aligned to `align` (a power of two, at least 16).
 pub(crate) fn alloc(size: usize, align: usize, caller: usize, zero: bool) -> *mut c_void {
+    let _sud = farmem::sys::sud::allow();
     if !rt::ready() || rt::is_libc_caller(caller) {
         return local_alloc(size, align, zero);
     }
@@ -210,6 +211,7 @@ pub(crate) fn owns(p: usize) -> bool {
 /// # Safety
 /// `p` is null or a live allocation.
 pub(crate) unsafe fn free(p: *mut c_void) {
+    let _sud = farmem::sys::sud::allow();
     let a = p as usize;
     if p.is_null() {
         return;
@@ -238,6 +240,7 @@ pub(crate) unsafe fn free(p: *mut c_void) {
 /// # Safety
 /// `p` is null or a live allocation.
 pub(crate) unsafe fn realloc(p: *mut c_void, size: usize, caller: usize) -> *mut c_void {
+    let _sud = farmem::sys::sud::allow();
     let a = p as usize;
     if p.is_null() {
         return alloc(size, 16, caller, false);
@@ -287,6 +290,7 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize, caller: usize) -> *mut
 /// # Safety
 /// `p` is null or a live allocation.
 pub(crate) unsafe fn usable_size(p: *mut c_void) -> usize {
+    let _sud = farmem::sys::sud::allow();
     let a = p as usize;
     if p.is_null() {
         0

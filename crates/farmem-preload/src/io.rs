@@ -133,6 +133,7 @@ type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, libc::off_t) 
 /// read's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(REAL, c"read", ReadFn);
     let b = buf as usize;
     if !in_heap(b, n) {
@@ -168,6 +169,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 /// write's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(REAL, c"write", WriteFn);
     let b = buf as usize;
     if !in_heap(b, n) {
@@ -316,6 +318,7 @@ vectored_at!(pwritev64, c"pwritev64");
 /// recv's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"recv",
@@ -331,6 +334,7 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 /// send's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"send",
@@ -362,6 +366,7 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     alen: *mut socklen_t,
 ) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"recvfrom",
@@ -396,6 +401,7 @@ pub unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"sendto",
@@ -434,6 +440,7 @@ fn msg_bufs(m: *const msghdr, out: &mut Vec<(usize, usize)>) {
 /// recvmsg's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recvmsg(fd: c_int, m: *mut msghdr, flags: c_int) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"recvmsg",
@@ -451,6 +458,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, m: *mut msghdr, flags: c_int) -> ssi
 /// sendmsg's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendmsg(fd: c_int, m: *const msghdr, flags: c_int) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"sendmsg",
@@ -473,6 +481,7 @@ pub unsafe extern "C" fn epoll_wait(
     max: c_int,
     timeout: c_int,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"epoll_wait",
@@ -495,6 +504,7 @@ pub unsafe extern "C" fn epoll_pwait(
     timeout: c_int,
     mask: *const libc::sigset_t,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"epoll_pwait",
@@ -524,6 +534,7 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     ev: *mut libc::epoll_event,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"epoll_ctl",
@@ -542,6 +553,7 @@ pub unsafe extern "C" fn epoll_ctl(
 /// poll's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"poll",
@@ -613,6 +625,7 @@ pub unsafe extern "C" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"accept4",
@@ -635,6 +648,7 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"getsockopt",
@@ -657,6 +671,7 @@ pub unsafe extern "C" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"setsockopt",
@@ -674,6 +689,7 @@ pub unsafe extern "C" fn setsockopt(
 /// getrandom's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getrandom(buf: *mut c_void, n: size_t, flags: c_uint) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"getrandom",
@@ -723,6 +739,7 @@ pub unsafe extern "C" fn openat(
     flags: c_int,
     mode: c_uint,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"openat",
@@ -740,6 +757,7 @@ pub unsafe extern "C" fn openat(
 /// rename's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rename(a: *const c_char, b: *const c_char) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"rename",
@@ -783,6 +801,7 @@ stat_call!(lstat, c"lstat");
 /// fstat's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fstat(fd: c_int, st: *mut libc::stat) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"fstat",
@@ -806,6 +825,7 @@ pub unsafe extern "C" fn fread(
     n: size_t,
     fp: *mut libc::FILE,
 ) -> size_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"fread",
@@ -859,6 +879,7 @@ pub unsafe extern "C" fn fwrite(
     n: size_t,
     fp: *mut libc::FILE,
 ) -> size_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"fwrite",
@@ -893,6 +914,7 @@ fn pin_obj(p: usize, len: usize) -> Option<Pin> {
 /// pthread_mutex_lock's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"pthread_mutex_lock",
@@ -926,6 +948,7 @@ pub unsafe extern "C" fn pthread_cond_wait(
     c: *mut libc::pthread_cond_t,
     m: *mut libc::pthread_mutex_t,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"pthread_cond_wait",
@@ -947,6 +970,7 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
     m: *mut libc::pthread_mutex_t,
     t: *const libc::timespec,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"pthread_cond_timedwait",
@@ -969,6 +993,7 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
 /// sem_wait's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sem_wait(s: *mut libc::sem_t) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"sem_wait",
@@ -994,6 +1019,7 @@ pub unsafe extern "C" fn syscall(
     e: libc::c_long,
     g: libc::c_long,
 ) -> libc::c_long {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"syscall",
@@ -1041,6 +1067,7 @@ pub unsafe extern "C" fn mmap(
     fd: c_int,
     off: libc::off_t,
 ) -> *mut c_void {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"mmap",
@@ -1068,6 +1095,7 @@ pub unsafe extern "C" fn mmap64(
     fd: c_int,
     off: libc::off_t,
 ) -> *mut c_void {
+    let _sud = farmem::sys::sud::allow();
     // SAFETY: forwarded.
     unsafe { mmap(addr, len, prot, flags, fd, off) }
 }
@@ -1094,6 +1122,7 @@ fn far_candidate(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int) -> b
 /// munmap's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"munmap",
@@ -1123,6 +1152,7 @@ pub unsafe extern "C" fn mremap(
     flags: c_int,
     new_addr: *mut c_void,
 ) -> *mut c_void {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"mremap",
@@ -1170,6 +1200,7 @@ pub unsafe extern "C" fn mremap(
 /// madvise's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"madvise",
@@ -1209,12 +1240,37 @@ pub unsafe extern "C" fn sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"sigaction",
         unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int
     );
     let ours = rt::ready() && farmem::sys::signal::installed();
+    let guard = rt::GUARD_ON.load(Relaxed);
+    if sig == libc::SIGSYS && guard {
+        // The syscall guard's handler stays; the program's gets the SIGSYS it does not
+        // raise (seccomp's).
+        let _g = SIG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let (h, fl) = if act.is_null() {
+            let cur = farmem::sys::sud::replace_program_sigsys(0, 0);
+            farmem::sys::sud::replace_program_sigsys(cur.0, cur.1);
+            cur
+        } else {
+            // SAFETY: the caller's valid sigaction.
+            let a = unsafe { &*act };
+            farmem::sys::sud::replace_program_sigsys(a.sa_sigaction, a.sa_flags as usize)
+        };
+        if !old.is_null() {
+            // SAFETY: the caller's result slot; a zeroed sigaction is valid.
+            unsafe {
+                *old = std::mem::zeroed();
+                (*old).sa_sigaction = h;
+                (*old).sa_flags = fl as c_int;
+            }
+        }
+        return 0;
+    }
     if sig == libc::SIGBUS && ours {
         let _g = SIG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         if act.is_null() {
@@ -1238,6 +1294,10 @@ pub unsafe extern "C" fn sigaction(
         }
         return 0;
     }
+    if guard && sig != libc::SIGBUS {
+        // SAFETY: the caller's valid structures, forwarded through our trampoline.
+        return unsafe { sigaction_guarded(f, sig, act, old) };
+    }
     if act.is_null() || !ours {
         // SAFETY: forwarded.
         return unsafe { f(sig, act, old) };
@@ -1246,8 +1306,102 @@ pub unsafe extern "C" fn sigaction(
     let mut a = unsafe { *act };
     // SAFETY: a valid sigset inside our copy.
     unsafe { libc::sigdelset(&mut a.sa_mask, libc::SIGBUS) };
+    if guard {
+        // SAFETY: as above.
+        unsafe { libc::sigdelset(&mut a.sa_mask, libc::SIGSYS) };
+    }
     // SAFETY: forwarded with our copy.
-    unsafe { f(sig, &a, old) }
+    let rc = unsafe { f(sig, &a, old) };
+    if rc == 0 && guard {
+        // The handler returns through farmem's restorer: no trap on its way out.
+        farmem::sys::sud::adopt_restorer(sig);
+    }
+    rc
+}
+
+/// The program's handlers, per signal, that run behind `guarded_handler`: (handler, flags).
+static PROGRAM_HANDLERS: [(AtomicUsize, AtomicUsize); 65] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 65];
+
+/// Every handler the program installs while the syscall guard is on runs behind this one,
+/// which guards the thread for the handler's duration: a signal can arrive while the
+/// thread is inside farmem (the selector open), for instance right after a `kill` farmem
+/// made for it, and the handler's own system calls must still be guarded.
+extern "C" fn guarded_handler(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    let Some(slot) = PROGRAM_HANDLERS.get(sig as usize) else {
+        return;
+    };
+    let (h, fl) = (slot.0.load(Relaxed), slot.1.load(Relaxed));
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        return;
+    }
+    let _program = farmem::sys::sud::program_context();
+    if fl & libc::SA_SIGINFO as usize != 0 {
+        // SAFETY: the program installed it with SA_SIGINFO, so it has this type.
+        let g: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
+            unsafe { std::mem::transmute(h) };
+        g(sig, info, ctx);
+    } else {
+        // SAFETY: a plain handler.
+        let g: extern "C" fn(c_int) = unsafe { std::mem::transmute(h) };
+        g(sig);
+    }
+}
+
+/// sigaction with the syscall guard on: handlers go behind `guarded_handler`, SIGBUS and
+/// SIGSYS are never in their masks, and what is reported back is the program's own.
+///
+/// # Safety
+/// sigaction's contract; `f` is the C library's sigaction.
+unsafe fn sigaction_guarded(
+    f: unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int,
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    let Some(slot) = PROGRAM_HANDLERS.get(sig as usize) else {
+        // SAFETY: forwarded (the C library refuses the bad signal number).
+        return unsafe { f(sig, act, old) };
+    };
+    let _g = SIG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let before = (slot.0.load(Relaxed), slot.1.load(Relaxed));
+    let rc = if act.is_null() {
+        // SAFETY: forwarded.
+        unsafe { f(sig, act, old) }
+    } else {
+        // SAFETY: the caller's valid sigaction, copied.
+        let mut a = unsafe { *act };
+        // SAFETY: valid sigsets inside our copy.
+        unsafe {
+            libc::sigdelset(&mut a.sa_mask, libc::SIGBUS);
+            libc::sigdelset(&mut a.sa_mask, libc::SIGSYS);
+        }
+        let h = a.sa_sigaction;
+        if h != libc::SIG_DFL && h != libc::SIG_IGN {
+            slot.0.store(h, Relaxed);
+            slot.1.store(a.sa_flags as usize, Relaxed);
+            a.sa_sigaction = guarded_handler as *const () as usize;
+            a.sa_flags |= libc::SA_SIGINFO;
+        }
+        // SAFETY: forwarded with our copy.
+        let rc = unsafe { f(sig, &a, old) };
+        if rc == 0 {
+            farmem::sys::sud::adopt_restorer(sig);
+        } else {
+            slot.0.store(before.0, Relaxed);
+            slot.1.store(before.1, Relaxed);
+        }
+        rc
+    };
+    if rc == 0 && !old.is_null() {
+        // SAFETY: the caller's result slot, filled in by the C library.
+        let o = unsafe { &mut *old };
+        if o.sa_sigaction == guarded_handler as *const () as usize {
+            o.sa_sigaction = before.0;
+            o.sa_flags = before.1 as c_int;
+        }
+    }
+    rc
 }
 
 /// signal(2), for SIGBUS (other signals pass through).
@@ -1256,12 +1410,18 @@ pub unsafe extern "C" fn sigaction(
 /// signal's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn signal(sig: c_int, h: libc::sighandler_t) -> libc::sighandler_t {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"signal",
         unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t
     );
-    if sig != libc::SIGBUS || !rt::ready() || !farmem::sys::signal::installed() {
+    let route = if rt::GUARD_ON.load(Relaxed) {
+        true
+    } else {
+        sig == libc::SIGBUS && rt::ready() && farmem::sys::signal::installed()
+    };
+    if !route || h == libc::SIG_ERR {
         // SAFETY: forwarded.
         return unsafe { f(sig, h) };
     }
@@ -1288,6 +1448,10 @@ fn unblock_bus(
     *copy = unsafe { *set };
     // SAFETY: a valid sigset.
     unsafe { libc::sigdelset(copy, libc::SIGBUS) };
+    if rt::GUARD_ON.load(Relaxed) {
+        // SAFETY: a valid sigset.
+        unsafe { libc::sigdelset(copy, libc::SIGSYS) };
+    }
     copy
 }
 
@@ -1301,6 +1465,7 @@ pub unsafe extern "C" fn sigprocmask(
     set: *const libc::sigset_t,
     old: *mut libc::sigset_t,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"sigprocmask",
@@ -1323,6 +1488,7 @@ pub unsafe extern "C" fn pthread_sigmask(
     set: *const libc::sigset_t,
     old: *mut libc::sigset_t,
 ) -> c_int {
+    let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"pthread_sigmask",

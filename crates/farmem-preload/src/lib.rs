@@ -23,6 +23,7 @@ mod extent;
 mod heap;
 mod io;
 mod rt;
+mod sud;
 
 /// farmem's own allocations (the engine's tables, its threads, the tier's storage) go to
 /// glibc's allocator under its internal names, which no preload can interpose.

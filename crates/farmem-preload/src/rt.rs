@@ -15,6 +15,7 @@
 //! | FARMEM_FAULT_MODE | auto, sigbus, thread | auto |
 //! | FARMEM_HEAP_MAX | bytes of address space for the heap (at most 1 TiB with the object prefetch) | 128 GiB |
 //! | FARMEM_OBJECT_PREFETCH | `0` turns off the object prefetch (`extent`; `farmem run --no-object-prefetch`) | on |
+//! | FARMEM_SYSCALL_GUARD | `0` turns off the syscall guard (`sud`; `farmem run --no-syscall-guard`), `1` makes it required | on where the kernel has it, in sigbus mode |
 //! | FARMEM_MMAP_THRESHOLD | anonymous mmaps from this size up are far | 256 KiB |
 //! | FARMEM_STATS | print a summary at exit (`1`) | off |
 //! | FARMEM_STATS_INTERVAL | print a live line every SECS seconds | off |
@@ -156,6 +157,9 @@ static CONSTRUCTOR: extern "C" fn() = start;
 static DESTRUCTOR: extern "C" fn() = finish;
 
 extern "C" fn start() {
+    // Start-up is farmem's own code: its system calls run natively even once the main
+    // thread is guarded (at the end of `init`).
+    let _sud = farmem::sys::sud::allow();
     if let Err(e) = init() {
         die(&format!("cannot start far memory: {e}"));
     }
@@ -240,12 +244,39 @@ fn init() -> Result<(), String> {
     BASE.store(base, Release);
     LEN.store(len, Release);
     STATE.store(READY, Release);
+    start_guard(&rt().expect("just set").engine)?;
     if let Some(secs) = interval.filter(|s| *s > 0.0) {
         let _ = std::thread::Builder::new()
             .name("farmem-stats".into())
             .spawn(move || stats_loop(secs));
     }
     Ok(())
+}
+
+/// Whether the syscall guard is on in this process.
+pub(crate) static GUARD_ON: AtomicBool = AtomicBool::new(false);
+
+/// Turns the syscall guard on for the main thread (see `sud`), in the sigbus fault mode.
+fn start_guard(engine: &Engine) -> Result<(), String> {
+    let want = env("FARMEM_SYSCALL_GUARD");
+    if want.as_deref() == Some("0") || engine.fault_mode() != FaultMode::Sigbus {
+        return Ok(());
+    }
+    match crate::sud::start() {
+        Ok(()) => {
+            GUARD_ON.store(true, Relaxed);
+            Ok(())
+        }
+        Err(e) if want.as_deref() == Some("1") => Err(e),
+        Err(e) => {
+            let line = format!(
+                "farmem: warning: {e}. System calls on far buffers outside the C library's wrapped entry points may fail with EFAULT.\n"
+            );
+            // SAFETY: our own bytes to fd 2.
+            unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+            Ok(())
+        }
+    }
 }
 
 /// The program's own prefetch upcall (`farmem_set_prefetch_hook`), 0 for none.
@@ -289,6 +320,8 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     // SAFETY: as above; in the child this thread is the one that locked it.
     unsafe { *std::ptr::addr_of_mut!(FORK_GUARD) = None };
+    // The kernel does not hand syscall user dispatch on to the child.
+    farmem::sys::sud::rearm_after_fork();
 }
 
 fn find_libc_text() {
@@ -339,6 +372,7 @@ fn find_libc_text() {
 }
 
 extern "C" fn finish() {
+    let _sud = farmem::sys::sud::allow();
     // In every process with the engine, a forked child's too: a memory node frees this
     // process's session once the exit has closed its connections.
     if let Some(rt) = rt() {
@@ -359,6 +393,15 @@ extern "C" fn finish() {
             out.push_str("farmem:   ");
             out.push_str(line);
             out.push('\n');
+        }
+        if GUARD_ON.load(Relaxed) {
+            out.push_str(&format!(
+                "farmem:   syscall guard: on, {} system calls dispatched ({} with far buffers)\n",
+                crate::sud::DISPATCHED.load(Relaxed),
+                crate::sud::DISPATCHED_FAR.load(Relaxed)
+            ));
+        } else {
+            out.push_str("farmem:   syscall guard: off\n");
         }
         // SAFETY: our own bytes to fd 2.
         unsafe { libc::write(2, out.as_ptr().cast(), out.len()) };

@@ -7,4 +7,5 @@ pub mod mem;
 pub mod net;
 pub mod raw;
 pub mod signal;
+pub mod sud;
 pub mod uffd;

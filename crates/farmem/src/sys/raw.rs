@@ -30,6 +30,26 @@ unsafe fn syscall6(n: i64, a: usize, b: usize, c: usize, d: usize, e: usize, f: 
     ret
 }
 
+/// Any system call, with the kernel's raw result (`-errno` on failure); errno untouched.
+///
+/// # Safety
+/// The system call's own contract.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn syscall_raw(n: i64, a: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller's contract; the syscall instruction clobbers rcx and r11 only.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n => ret,
+            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2], in("r10") a[3], in("r8") a[4], in("r9") a[5],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
 /// mmap(2).
 ///
 /// # Safety

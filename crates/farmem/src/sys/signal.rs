@@ -102,6 +102,8 @@ fn is_write(ctx: *mut libc::c_void) -> bool {
 }
 
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // farmem's own system calls run natively in a thread guarded by syscall user dispatch.
+    let _open = super::sud::allow();
     let saved_errno = errno();
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
