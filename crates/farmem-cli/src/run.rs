@@ -164,6 +164,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(p) = &token_file {
         cmd.env("FARMEM_TOKEN_FILE", p);
     }
+    // A fresh report owner: the preload of the program about to start records its pid.
+    cmd.env_remove("FARMEM_STATS_PID");
     if a.stats {
         cmd.env("FARMEM_STATS", "1");
     }

@@ -253,3 +253,29 @@ fn bench_remote_measures_against_its_own_node() {
         "{v}"
     );
 }
+
+/// `--stats` reports once, for the process `farmem run` started, whatever image it ends
+/// in: a shell that execs its last command hands the report on (pyenv's shims do this),
+/// the children it forks stay quiet, and a program that closes stderr before it exits
+/// (GNU ls does) still gets its summary out.
+#[test]
+fn run_stats_come_from_the_started_process_even_through_exec() {
+    let out = farmem(&[
+        "run",
+        "--local-mem",
+        "16M",
+        "--stats",
+        "--",
+        "sh",
+        "-c",
+        "ls / > /dev/null; exec ls / > /dev/null",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("farmem: stats at exit").count(),
+        1,
+        "one summary expected:\n{stderr}"
+    );
+    assert!(stderr.contains("syscall guard: "), "{stderr}");
+}

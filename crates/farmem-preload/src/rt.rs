@@ -20,9 +20,11 @@
 //! | FARMEM_STATS | print a summary at exit (`1`) | off |
 //! | FARMEM_STATS_INTERVAL | print a live line every SECS seconds | off |
 //!
-//! FARMEM_STATS and FARMEM_STATS_INTERVAL are removed from the environment at start, so
-//! that programs this one runs (which load the library too, with their own budget) stay
-//! quiet.
+//! FARMEM_STATS and FARMEM_STATS_INTERVAL belong to the process `farmem run` started: the
+//! first image to load the library records its pid in FARMEM_STATS_PID, and only an image
+//! with that pid reports. A program that execs another in its place (a wrapper script,
+//! pyenv's shims) hands the reporting on; the children it forks, which load the library
+//! too with their own budget, stay quiet.
 
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -37,6 +39,9 @@ static BASE: AtomicUsize = AtomicUsize::new(0);
 static LEN: AtomicUsize = AtomicUsize::new(0);
 static INIT_PID: AtomicI32 = AtomicI32::new(0);
 static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
+/// Where the summary at exit goes: a copy of stderr taken at start, because programs may
+/// close fd 2 before they exit (GNU tools' `close_stdout` does).
+static STATS_FD: AtomicI32 = AtomicI32::new(2);
 pub(crate) static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(256 << 10);
 
 pub(crate) struct Runtime {
@@ -186,18 +191,28 @@ fn init() -> Result<(), String> {
         env_bytes("FARMEM_MMAP_THRESHOLD", 256 << 10).max(4096),
         Relaxed,
     );
-    let stats = env("FARMEM_STATS").is_some_and(|v| v != "0");
-    let interval: Option<f64> = env("FARMEM_STATS_INTERVAL")
-        .map(|v| {
-            v.parse()
-                .map_err(|_| format!("FARMEM_STATS_INTERVAL={v} is not a number of seconds"))
-        })
-        .transpose()?;
-    // SAFETY: start-up, before the program's main; no other thread reads the environment.
-    unsafe {
-        std::env::remove_var("FARMEM_STATS");
-        std::env::remove_var("FARMEM_STATS_INTERVAL");
-    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let reporter = match env("FARMEM_STATS_PID") {
+        None => {
+            // SAFETY: start-up, before the program's main; no other thread reads the
+            // environment.
+            unsafe { std::env::set_var("FARMEM_STATS_PID", pid.to_string()) };
+            true
+        }
+        Some(p) => p == pid.to_string(),
+    };
+    let stats = reporter && env("FARMEM_STATS").is_some_and(|v| v != "0");
+    let interval: Option<f64> = if reporter {
+        env("FARMEM_STATS_INTERVAL")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("FARMEM_STATS_INTERVAL={v} is not a number of seconds"))
+            })
+            .transpose()?
+    } else {
+        None
+    };
     let engine = Engine::builder()
         .local_budget(budget)
         .backend(backend)
@@ -241,6 +256,13 @@ fn init() -> Result<(), String> {
     // SAFETY: getpid has no preconditions.
     INIT_PID.store(unsafe { libc::getpid() }, Relaxed);
     STATS_AT_EXIT.store(stats, Relaxed);
+    if stats {
+        // SAFETY: fcntl on fd 2; the copy is close-on-exec and above the low numbers.
+        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100) };
+        if fd >= 0 {
+            STATS_FD.store(fd, Relaxed);
+        }
+    }
     BASE.store(base, Release);
     LEN.store(len, Release);
     STATE.store(READY, Release);
@@ -403,8 +425,14 @@ extern "C" fn finish() {
         } else {
             out.push_str("farmem:   syscall guard: off\n");
         }
-        // SAFETY: our own bytes to fd 2.
-        unsafe { libc::write(2, out.as_ptr().cast(), out.len()) };
+        // SAFETY: our own bytes to our copy of stderr, or to fd 2 if the program closed
+        // the copy (a daemon closing every descriptor).
+        unsafe {
+            let fd = STATS_FD.load(Relaxed);
+            if libc::write(fd, out.as_ptr().cast(), out.len()) < 0 && fd != 2 {
+                libc::write(2, out.as_ptr().cast(), out.len());
+            }
+        }
     }
 }
 
