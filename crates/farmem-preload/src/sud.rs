@@ -33,7 +33,9 @@ const EFAULT: i64 = -(libc::EFAULT as i64);
 /// Retries of a call that still got EFAULT with its buffers touched.
 const RETRIES: usize = 64;
 
-/// The memory one call hands the kernel.
+/// The memory one call hands the kernel. A fixed array, not the `Vec` that io.rs's
+/// `iov_bufs` and `msg_bufs` fill: this runs in a SIGSYS handler that may have interrupted
+/// the C library's allocator, so it must not allocate.
 struct Bufs {
     list: [(usize, usize); MAX],
     n: usize,
