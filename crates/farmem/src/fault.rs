@@ -19,46 +19,33 @@
 
 use crate::Advice;
 use crate::backend::{PAGE_SIZE, PageKey};
-use crate::engine::BATCH_PAGES;
-use crate::page::{AHEAD, HAS_FAR, PREFETCHED, State, Tag, YOUNG};
 use crate::policy::PageRef;
-use crate::prefetch::{Candidates, FaultInfo};
-use crate::region::{PrefetchRequest, RegionInner, next_gen, page_hash};
+use crate::prefetch::{Candidates, FaultInfo, PrefetchRequest};
+use crate::reclaim::{reserve_for_prefetch, reserve_frame};
+use crate::state::bufs::BATCH_PAGES;
+use crate::state::page::{AHEAD, HAS_FAR, PREFETCHED, State, Tag, YOUNG};
+use crate::state::region::{RegionState, next_gen, page_hash};
 use crate::stats::Counters;
 use crate::sys::uffd::{self, FillError, UffdMsg};
 use std::time::Instant;
 
 /// The SIGBUS entry point (see `sys::signal`).
 pub(crate) fn on_sigbus(addr: usize, write: bool) -> bool {
-    crate::region::with_region_at(addr, |r| resolve(r, addr, write, false)).is_some()
+    crate::state::registry::with_region_at(addr, |r| resolve(r, addr, write, false)).is_some()
 }
 
 /// A handler thread: reads fault messages until `stop` becomes readable.
-pub(crate) fn handler_loop(r: &RegionInner, stop: i32) {
+pub(crate) fn handler_loop(r: &RegionState, stop: i32) {
     let mut msgs = [UffdMsg::default(); 64];
+    let mut ready = [false; 2];
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: r.uffd.raw(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = crate::sys::event::wait_readable(&[r.uffd.raw(), stop], &mut ready) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
             crate::fatal::die_io("poll on the userfaultfd failed", &e);
         }
-        if fds[1].revents != 0 {
+        if ready[1] {
             return;
         }
         let n = match r.uffd.read_msgs(&mut msgs) {
@@ -98,8 +85,8 @@ fn fill(mut op: impl FnMut() -> Result<(), FillError>, what: &str) {
 
 /// Resolves a fault at `addr` of region `r`. `wake`: wake blocked threads if no fill was
 /// needed (handler-thread mode).
-pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
-    let _pass = crate::fork::enter();
+pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
+    let _pass = crate::state::gate::enter();
     let page = ((addr - r.base) / PAGE_SIZE) as u64;
     let page_addr = r.page_addr(page);
     let w = &r.states[page as usize];
@@ -157,7 +144,7 @@ pub(crate) fn resolve(r: &RegionInner, addr: usize, write: bool, wake: bool) {
                 }
                 r.note_touched(page);
                 let mut buf = r.shared.bufs.acquire();
-                r.shared.reserve_one(buf.bytes());
+                reserve_frame(&r.shared, buf.bytes());
                 drop(buf);
                 fill(
                     || r.uffd.zeropage(page_addr, PAGE_SIZE),
@@ -196,7 +183,7 @@ fn ok_if_exists(e: FillError) -> Result<(), FillError> {
 
 /// Asks the application's upcall (always: it is the program's own decision), then the
 /// advice, then the prefetcher what to bring in.
-fn gather(r: &RegionInner, addr: usize, page: u64, write: bool, hit: bool, out: &mut Candidates) {
+fn gather(r: &RegionState, addr: usize, page: u64, write: bool, hit: bool, out: &mut Candidates) {
     if let Ok(h) = r.hook.try_read()
         && let Some(h) = h.as_ref()
     {
@@ -232,11 +219,11 @@ fn gather(r: &RegionInner, addr: usize, page: u64, write: bool, hit: bool, out: 
 const SEQUENTIAL_WINDOW: u64 = 16;
 
 /// A major fault on `page`, which the caller has locked (it read `s` before).
-fn major(r: &RegionInner, addr: usize, page: u64, s: State, write: bool, t0: Instant) {
+fn major(r: &RegionState, addr: usize, page: u64, s: State, write: bool, t0: Instant) {
     let shared = &r.shared;
     let c = &shared.counters;
     let mut buf = shared.bufs.acquire();
-    shared.reserve_one(buf.bytes());
+    reserve_frame(shared, buf.bytes());
     let mut cands = Candidates::new();
     gather(r, addr, page, write, false, &mut cands);
     let mut pages = [0u64; BATCH_PAGES];
@@ -258,21 +245,10 @@ fn major(r: &RegionInner, addr: usize, page: u64, s: State, write: bool, t0: Ins
     c.major_latency.record(t0.elapsed().as_nanos() as u64);
 }
 
-/// Frames for `n` prefetched pages: free ones first, then as Linux's readahead does, by
-/// evicting as many older pages (the policy's coldest) as the prefetch needs.
-fn reserve_for_prefetch(shared: &crate::engine::Shared, n: usize, scratch: &mut [u8]) -> usize {
-    let mut granted = shared.try_reserve(n);
-    if granted < n {
-        shared.evict_some(n - granted, scratch);
-        granted += shared.try_reserve(n - granted);
-    }
-    granted
-}
-
 /// Locks the FAR pages among `cands` (no duplicates, none already in `out`); returns how
 /// many it locked into `out_pages` / `out_states`.
 fn lock_far(
-    r: &RegionInner,
+    r: &RegionState,
     cands: &[u64],
     out_pages: &mut [u64],
     out_states: &mut [State],
@@ -297,7 +273,7 @@ fn lock_far(
 }
 
 /// Fetches `pages` (all locked, all with a far copy) into `out` and checks every checksum.
-fn fetch_verified(r: &RegionInner, pages: &[u64], out: &mut [u8]) {
+fn fetch_verified(r: &RegionState, pages: &[u64], out: &mut [u8]) {
     let mut keys = [PageKey(0); BATCH_PAGES];
     for (k, p) in keys.iter_mut().zip(pages) {
         *k = r.key(*p);
@@ -338,7 +314,7 @@ fn sort_batch(pages: &mut [u64], states: &mut [State]) {
 /// page is installed unmapped, its own marker. Mapping runs eagerly matters: a minor fault
 /// per prefetched page would cost about as much as the major faults saved.
 fn install(
-    r: &RegionInner,
+    r: &RegionState,
     pages: &[u64],
     states: &[State],
     data: &[u8],
@@ -402,7 +378,7 @@ fn install(
 
 /// A stream reached the marker `page`: the pages mapped ahead next to it were used.
 /// Returns how many it confirmed.
-fn confirm_ahead(r: &RegionInner, page: u64) -> u64 {
+fn confirm_ahead(r: &RegionState, page: u64) -> u64 {
     let mut n = 0;
     for down in [true, false] {
         let mut p = page;
@@ -429,7 +405,7 @@ fn confirm_ahead(r: &RegionInner, page: u64) -> u64 {
 
 /// Prefetches `cands` without a faulting page: after a prefetch hit on `anchor`, or on
 /// the application's request (no anchor: installed unmapped).
-fn prefetch_pages(r: &RegionInner, cands: &[u64], anchor: Option<u64>) -> usize {
+pub(crate) fn prefetch_pages(r: &RegionState, cands: &[u64], anchor: Option<u64>) -> usize {
     let mut buf = r.shared.bufs.acquire();
     let mut pages = [0u64; BATCH_PAGES];
     let mut states = [State(0); BATCH_PAGES];
@@ -446,7 +422,7 @@ fn prefetch_pages(r: &RegionInner, cands: &[u64], anchor: Option<u64>) -> usize 
 /// and the install. Returns how many pages came in.
 #[allow(clippy::too_many_arguments)] // the batch is passed as its parts, all on the stack
 fn bring_in(
-    r: &RegionInner,
+    r: &RegionState,
     scratch: &mut [u8],
     pages: &mut [u64; BATCH_PAGES],
     states: &mut [State; BATCH_PAGES],
@@ -485,158 +461,4 @@ fn bring_in(
     Counters::bump(&c.fetched, got as u64);
     Counters::bump(&c.prefetched, (got - framed) as u64);
     got
-}
-
-/// Brings `[first, end)` in (the application asked: `prefetch` or `WillNeed`), at most
-/// half the budget per call so that a large request cannot flush everything else.
-pub(crate) fn prefetch_range(r: &RegionInner, first: u64, end: u64) {
-    let limit = (r.shared.budget.load(std::sync::atomic::Ordering::Relaxed) / 2) as u64;
-    let end = end.min(first + limit);
-    let mut p = first;
-    let mut cands = [0u64; BATCH_PAGES - 1];
-    while p < end {
-        let chunk_end = (p + cands.len() as u64).min(end);
-        // Pages still far after a pass were skipped because they were locked (being
-        // evicted, say) or no frame could be freed for them just then: try again a few
-        // times, since the application asked for them explicitly.
-        for attempt in 0..PREFETCH_ATTEMPTS {
-            let mut k = 0;
-            for q in p..chunk_end {
-                let t = r.states[q as usize].load().tag();
-                if t == Tag::Far || t == Tag::Locked {
-                    cands[k] = q;
-                    k += 1;
-                }
-            }
-            if k == 0 {
-                break;
-            }
-            if prefetch_pages(r, &cands[..k], None) < k && attempt + 1 < PREFETCH_ATTEMPTS {
-                std::thread::sleep(std::time::Duration::from_micros(100));
-            }
-        }
-        p = chunk_end;
-    }
-}
-
-/// Passes an explicit prefetch makes over pages it could not bring in at once.
-const PREFETCH_ATTEMPTS: usize = 4;
-
-/// Evicts `[first, end)` now (`DontNeed`): dirty pages are written back, data is kept.
-pub(crate) fn evict_range(r: &RegionInner, first: u64, end: u64) {
-    let Some(arc) = r.shared.region_arc(r.id) else {
-        return;
-    };
-    let mut buf = r.shared.bufs.acquire();
-    let mut p = first;
-    while p < end {
-        let mut victims = Vec::with_capacity(BATCH_PAGES);
-        while p < end && victims.len() < BATCH_PAGES {
-            let w = &r.states[p as usize];
-            let s = w.wait_unlocked();
-            if s.is_resident() && w.try_lock(s) {
-                victims.push((arc.clone(), p, s));
-            } else if s.is_resident() {
-                continue; // changed under us: look again
-            }
-            p += 1;
-        }
-        r.shared.evict_locked(victims, buf.bytes());
-    }
-}
-
-/// Discards `[first, end)`: the pages read as zeros afterwards.
-pub(crate) fn discard_range(r: &RegionInner, first: u64, end: u64) {
-    let shared = &r.shared;
-    let mut iov = Vec::new();
-    let mut locked = Vec::new();
-    let mut far = Vec::new();
-    for p in first..end {
-        let s = r.states[p as usize].lock_any();
-        if s.tag() == Tag::Active {
-            iov.push(libc::iovec {
-                iov_base: r.page_addr(p) as *mut libc::c_void,
-                iov_len: PAGE_SIZE,
-            });
-        }
-        if s.has_far() {
-            far.push(r.key(p));
-        }
-        locked.push((p, s));
-    }
-    if let Err(e) = shared.zapper.zap(&iov) {
-        crate::fatal::die_io("could not unmap discarded pages (madvise)", &e);
-    }
-    // Free the resident pages' frames, one hole punch per run of consecutive pages.
-    let mut freed = 0;
-    let mut run: Option<(u64, u64)> = None;
-    let punch = |(a, b): (u64, u64)| {
-        if let Err(e) = r
-            .memfd
-            .punch(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE)
-        {
-            crate::fatal::die_io("could not free discarded pages (fallocate)", &e);
-        }
-    };
-    for &(p, s) in &locked {
-        if !s.is_resident() {
-            continue;
-        }
-        freed += 1;
-        run = match run {
-            Some((a, b)) if b == p => Some((a, p + 1)),
-            Some(prev) => {
-                punch(prev);
-                Some((p, p + 1))
-            }
-            None => Some((p, p + 1)),
-        };
-    }
-    if let Some(last) = run {
-        punch(last);
-    }
-    // The tier forgets the far copies while the pages are still locked (see
-    // `forget_far_range`).
-    shared.backend.discard(&far);
-    for &(p, s) in &locked {
-        r.states[p as usize].unlock(State::new(Tag::Untouched, 0, s.generation()));
-    }
-    shared.release_frames(freed);
-}
-
-/// Forgets the far copies of the pages of `[first, end)` that are only far (not
-/// resident): they read as zeros afterwards. Resident pages are left as they are, so
-/// nothing is unmapped and no TLB is flushed: this is for memory whose content no longer
-/// matters but which will likely be reused soon (a freed heap block), where a discard
-/// would cost a zero-fill fault on every resident page's next use.
-pub(crate) fn forget_far_range(r: &RegionInner, first: u64, end: u64) {
-    // Pages stay locked until the tier has forgotten them: unlocked earlier, a page could
-    // be written, evicted and stored again under the same key before the discard reaches
-    // the tier, which would then delete the new copy.
-    let mut keys = [PageKey(0); 64];
-    let mut held = [(0u64, State(0)); 64];
-    let mut n = 0;
-    let flush = |keys: &[PageKey], held: &[(u64, State)]| {
-        r.shared.backend.discard(keys);
-        for &(p, s) in held {
-            r.states[p as usize].unlock(State::new(Tag::Untouched, 0, s.generation()));
-        }
-    };
-    for p in first..end.min(r.pages) {
-        let w = &r.states[p as usize];
-        let s = w.load();
-        if s.tag() != Tag::Far || !w.try_lock(s) {
-            continue;
-        }
-        keys[n] = r.key(p);
-        held[n] = (p, s);
-        n += 1;
-        if n == keys.len() {
-            flush(&keys, &held);
-            n = 0;
-        }
-    }
-    if n > 0 {
-        flush(&keys[..n], &held[..n]);
-    }
 }

@@ -28,30 +28,23 @@
 //!
 //! The gate costs two atomic operations per fault, and only once handlers are installed.
 
-use std::cell::Cell;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize};
+use std::sync::atomic::AtomicI32;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::engine::Shared;
-use crate::region::RegionInner;
-
-static INSTALLED: AtomicBool = AtomicBool::new(false);
-static CLOSED: AtomicBool = AtomicBool::new(false);
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-}
+use crate::state::gate;
+use crate::state::region::RegionState;
+use crate::state::shared::Shared;
+use crate::sys::event;
 
 /// Every region and engine alive, for the handlers.
-static REGIONS: Mutex<Vec<Weak<RegionInner>>> = Mutex::new(Vec::new());
+static REGIONS: Mutex<Vec<Weak<RegionState>>> = Mutex::new(Vec::new());
 static ENGINES: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 /// What `prepare` collected, for `parent` and `child`.
-static FORKING: Mutex<Vec<Arc<RegionInner>>> = Mutex::new(Vec::new());
+static FORKING: Mutex<Vec<Arc<RegionState>>> = Mutex::new(Vec::new());
 static PIPE: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
 
-pub(crate) fn track_region(r: &Arc<RegionInner>) {
+pub(crate) fn track_region(r: &Arc<RegionState>) {
     let mut v = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
     v.retain(|w| w.strong_count() > 0);
     v.push(Arc::downgrade(r));
@@ -63,64 +56,17 @@ pub(crate) fn track_engine(s: &Arc<Shared>) {
     v.push(Arc::downgrade(s));
 }
 
-/// A pass through the gate: while any is held, fork waits.
-pub(crate) struct Pass(bool);
-
-/// Enters the gate (nests within a thread); waits while a fork is being prepared.
-#[inline]
-pub(crate) fn enter() -> Pass {
-    if !INSTALLED.load(Relaxed) {
-        return Pass(false);
-    }
-    DEPTH.with(|d| {
-        let depth = d.get();
-        if depth > 0 {
-            d.set(depth + 1);
-            return Pass(true);
-        }
-        loop {
-            ACTIVE.fetch_add(1, SeqCst);
-            if !CLOSED.load(SeqCst) {
-                d.set(1);
-                return Pass(true);
-            }
-            ACTIVE.fetch_sub(1, SeqCst);
-            while CLOSED.load(SeqCst) {
-                std::thread::sleep(std::time::Duration::from_micros(50));
-            }
-        }
-    })
-}
-
-impl Drop for Pass {
-    #[inline]
-    fn drop(&mut self) {
-        if !self.0 {
-            return;
-        }
-        DEPTH.with(|d| {
-            let depth = d.get() - 1;
-            d.set(depth);
-            if depth == 0 {
-                ACTIVE.fetch_sub(1, SeqCst);
-            }
-        });
-    }
-}
-
 /// Registers the fork handlers (once per process): from then on, a child created by
 /// `fork(2)` sees a snapshot of every region. Regions created before or after both count.
 pub fn install_handlers() -> Result<(), crate::Error> {
-    if INSTALLED.swap(true, SeqCst) {
+    if gate::install() {
         return Ok(());
     }
-    // SAFETY: three extern "C" functions with no arguments, as pthread_atfork expects.
-    let rc = unsafe { libc::pthread_atfork(Some(on_prepare), Some(on_parent), Some(on_child)) };
-    if rc != 0 {
-        INSTALLED.store(false, SeqCst);
+    if let Err(e) = event::at_fork(on_prepare, on_parent, on_child) {
+        gate::uninstall();
         return Err(crate::Error::os(
             "register fork handlers (pthread_atfork)",
-            std::io::Error::from_raw_os_error(rc),
+            e,
         ));
     }
     Ok(())
@@ -138,14 +84,8 @@ extern "C" fn on_child() {
 
 /// Closes the gate and unmaps every region (see the module docs). Called before fork.
 pub fn prepare() {
-    CLOSED.store(true, SeqCst);
-    // Our own thread may be inside the gate only if it forks from a farmem call, which
-    // nothing does; wait for the others.
-    let own = DEPTH.with(|d| d.get().min(1)) as usize;
-    while ACTIVE.load(SeqCst) > own {
-        std::thread::yield_now();
-    }
-    let live: Vec<Arc<RegionInner>> = REGIONS
+    gate::close_and_drain();
+    let live: Vec<Arc<RegionState>> = REGIONS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
@@ -159,16 +99,19 @@ pub fn prepare() {
         unmap_unpinned(r, &pins);
     }
     *FORKING.lock().unwrap_or_else(|e| e.into_inner()) = live;
-    let mut fds = [-1; 2];
-    // SAFETY: a valid two-int array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
-        PIPE[0].store(fds[0], SeqCst);
-        PIPE[1].store(fds[1], SeqCst);
+    // Without the pipe the parent does not wait for the child's copy: it would change
+    // pages the child is still copying, so a fork without one stops loudly.
+    match event::pipe() {
+        Ok((r, w)) => {
+            PIPE[0].store(r, SeqCst);
+            PIPE[1].store(w, SeqCst);
+        }
+        Err(e) => crate::fatal::die_io("before fork: could not create a pipe", &e),
     }
 }
 
 /// Unmaps the touched part of `r`, leaving pinned ranges mapped.
-fn unmap_unpinned(r: &RegionInner, pins: &[(usize, usize)]) {
+fn unmap_unpinned(r: &RegionState, pins: &[(usize, usize)]) {
     let end = r.page_addr(r.high_water());
     let mut at = r.base;
     let mut iov = Vec::new();
@@ -201,24 +144,15 @@ fn iovec(at: usize, len: usize) -> libc::iovec {
 pub fn parent() {
     let (r, w) = (PIPE[0].swap(-1, SeqCst), PIPE[1].swap(-1, SeqCst));
     if w >= 0 {
-        // SAFETY: our own descriptor.
-        unsafe { libc::close(w) };
+        event::close(w);
     }
     if r >= 0 {
-        let mut b = 0u8;
-        loop {
-            // SAFETY: reading one byte into a local.
-            let n = unsafe { libc::read(r, (&mut b as *mut u8).cast(), 1) };
-            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            break; // the word, or EOF: the child died before copying, nothing to wait for
-        }
-        // SAFETY: our own descriptor.
-        unsafe { libc::close(r) };
+        // The word, or EOF: the child died before copying, nothing to wait for.
+        event::wait_byte(r);
+        event::close(r);
     }
     FORKING.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    CLOSED.store(false, SeqCst);
+    gate::open();
 }
 
 /// In the child after fork: takes the regions over as its own (see the module docs).
@@ -252,24 +186,31 @@ pub fn child() {
         }
     }
     for s in &engines {
-        s.restart_after_fork();
+        if let Err(e) = crate::reclaim::spawn(s) {
+            crate::fatal::die_io("after fork: could not start the reclaimer thread", &e);
+        }
     }
     for r in &regions {
-        r.restart_handlers_after_fork();
+        restart_handlers(r);
     }
     drop(regions);
     let (rfd, w) = (PIPE[0].swap(-1, SeqCst), PIPE[1].swap(-1, SeqCst));
     if w >= 0 {
-        // SAFETY: our own descriptors; one byte from a local.
-        unsafe {
-            libc::write(w, [1u8].as_ptr().cast(), 1);
-            libc::close(w);
-        }
+        event::send_byte(w);
+        event::close(w);
     }
     if rfd >= 0 {
-        // SAFETY: our own descriptor.
-        unsafe { libc::close(rfd) };
+        event::close(rfd);
     }
-    ACTIVE.store(DEPTH.with(|d| d.get().min(1)) as usize, SeqCst);
-    CLOSED.store(false, SeqCst);
+    gate::reset_in_child();
+}
+
+/// In a forked child: starts a region's handler threads again (thread mode).
+fn restart_handlers(r: &Arc<RegionState>) {
+    let stop = r.stop_fd.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..r.handler_count.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Err(e) = crate::region::spawn_handler(r, stop, i) {
+            crate::fatal::die_io("after fork: could not start a fault handler thread", &e);
+        }
+    }
 }

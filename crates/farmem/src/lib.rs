@@ -27,22 +27,29 @@
 //! reference bits, prefetchers, and end-to-end checksums on every far page.
 #![warn(missing_docs)]
 
+// Leaves: kernel interfaces, far tiers, policies, prefetchers, counters.
 pub mod backend;
-mod engine;
 mod fatal;
-mod fault;
-pub mod fork;
-pub mod page;
-pub mod pin;
 pub mod policy;
 pub mod prefetch;
 pub mod probe;
-mod region;
 pub mod stats;
 pub mod sys;
+// The engine, bottom to top (state/mod.rs draws the stack).
+mod engine;
+mod fault;
+pub mod fork;
+mod range;
+mod reclaim;
+mod region;
+mod state;
 
-pub use engine::{Builder, Config, Engine, Factory, MIN_BUDGET_PAGES};
-pub use region::{PrefetchHook, PrefetchRequest, Region};
+pub use engine::{Builder, Engine};
+pub use prefetch::{PrefetchHook, PrefetchRequest};
+pub use region::Region;
+pub use state::budget::MIN_BUDGET_PAGES;
+pub use state::config::{Config, Factory};
+pub use state::{page, pin};
 pub use stats::{Latency, Stats};
 
 /// How faults are resolved.

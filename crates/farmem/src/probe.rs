@@ -144,13 +144,8 @@ pub fn thread(pages: usize, busy_poll: bool) -> std::io::Result<Floor> {
             let mut msgs = [UffdMsg::default(); 16];
             while !stop.load(Relaxed) {
                 if !busy_poll {
-                    let mut pfd = libc::pollfd {
-                        fd: u.raw(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd; a timeout lets the loop see `stop`.
-                    unsafe { libc::poll(&mut pfd, 1, 50) };
+                    // A timeout lets the loop see `stop`.
+                    crate::sys::event::wait_readable_for(u.raw(), 50);
                 }
                 let n = u.read_msgs(&mut msgs).unwrap_or(0);
                 for m in &msgs[..n] {

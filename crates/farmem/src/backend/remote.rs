@@ -47,7 +47,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -361,7 +361,7 @@ pub struct Remote {
     secret: AtomicU64,
     capacity: AtomicU64,
     /// The process whose connections these are.
-    pid: AtomicI32,
+    pid: AtomicU32,
     fetch: Box<[Slot]>,
     write: Box<[Slot]>,
     reconnects: AtomicU64,
@@ -386,9 +386,8 @@ impl fmt::Debug for Remote {
     }
 }
 
-fn getpid() -> i32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
+fn getpid() -> u32 {
+    std::process::id()
 }
 
 impl Remote {
@@ -418,7 +417,7 @@ impl Remote {
             session: AtomicU64::new(0),
             secret: AtomicU64::new(0),
             capacity: AtomicU64::new(0),
-            pid: AtomicI32::new(getpid()),
+            pid: AtomicU32::new(getpid()),
             fetch: (0..fetch_conns).map(|_| Slot::new(None)).collect(),
             write: (0..WRITE_CONNS).map(|_| Slot::new(None)).collect(),
             reconnects: AtomicU64::new(0),
@@ -620,8 +619,7 @@ impl Remote {
             if round < 64 {
                 std::hint::spin_loop();
             } else if round < 128 {
-                // SAFETY: sched_yield has no preconditions.
-                unsafe { libc::sched_yield() };
+                std::thread::yield_now();
             } else {
                 std::thread::sleep(Duration::from_micros(50));
                 if Instant::now() >= deadline {

@@ -19,9 +19,11 @@
 
 mod majority;
 mod readahead;
+mod request;
 
 pub use majority::Majority;
 pub use readahead::Readahead;
+pub use request::{PrefetchHook, PrefetchRequest};
 
 /// The most pages one fault may ask to prefetch.
 pub const MAX_PREFETCH: usize = 64;

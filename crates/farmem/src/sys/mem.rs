@@ -8,7 +8,7 @@
 //! - *free*: punch a hole, which returns the page to the kernel.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 /// An owned memfd.
@@ -88,6 +88,77 @@ impl Memfd {
         } else {
             Ok(())
         }
+    }
+
+    /// Copies every data extent of `[0, end)` (holes stay holes) into `dst` at the same
+    /// offsets: SEEK_DATA / SEEK_HOLE find the extents, copy_file_range moves them inside
+    /// the kernel.
+    pub fn copy_data_to(&self, dst: &Memfd, end: usize) -> io::Result<()> {
+        let (src_fd, dst_fd) = (self.fd.as_raw_fd(), dst.fd.as_raw_fd());
+        let mut off: i64 = 0;
+        while (off as usize) < end {
+            // SAFETY: lseek on our own descriptor.
+            let data = unsafe { libc::lseek(src_fd, off, libc::SEEK_DATA) };
+            if data < 0 {
+                break; // ENXIO: no data past `off`
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(src_fd, data, libc::SEEK_HOLE) };
+            let hole = if hole < 0 { end as i64 } else { hole };
+            let (mut s, mut d) = (data, data);
+            while s < hole {
+                // SAFETY: copying between two memfds of ours, with our own offsets.
+                let n = unsafe {
+                    libc::copy_file_range(src_fd, &mut s, dst_fd, &mut d, (hole - s) as usize, 0)
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            off = hole;
+        }
+        Ok(())
+    }
+
+    /// Makes this memfd's descriptor number name `other`'s file instead (dup3): code
+    /// holding the number now reaches `other`. `other` may be dropped afterwards.
+    pub fn replace_with(&self, other: &Memfd) -> io::Result<()> {
+        dup_over(other.fd.as_raw_fd(), self.fd.as_raw_fd())
+    }
+
+    /// Maps `[0, len)` of the memfd shared, read-write, at exactly `addr`, replacing what
+    /// is there, and keeps it out of forked children (`MADV_DONTFORK`).
+    ///
+    /// # Safety
+    /// `[addr, addr+len)` must be an address range the caller owns and that nothing else
+    /// uses: whatever was mapped there is gone.
+    pub unsafe fn map_fixed(&self, addr: usize, len: usize) -> io::Result<()> {
+        // SAFETY: the caller owns the range; MAP_FIXED replaces only it.
+        let p = unsafe {
+            crate::sys::raw::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                self.fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the mapping just made.
+        if unsafe { crate::sys::raw::madvise(p, len, libc::MADV_DONTFORK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Maps the whole memfd shared, read-write.
@@ -304,6 +375,15 @@ impl Default for Zapper {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Makes descriptor number `dst` name what `src` names (dup3, close-on-exec).
+pub fn dup_over(src: RawFd, dst: RawFd) -> io::Result<()> {
+    // SAFETY: dup3 on descriptor numbers; the kernel checks them.
+    if unsafe { libc::dup3(src, dst, libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The system page size.

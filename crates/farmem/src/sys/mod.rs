@@ -3,6 +3,7 @@
 //! The rest of the engine uses the small safe-ish interface here and never calls libc
 //! itself (wasmtime's `sys/` habit).
 
+pub mod event;
 pub mod mem;
 pub mod net;
 pub mod raw;

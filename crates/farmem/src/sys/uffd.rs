@@ -220,6 +220,12 @@ impl Uffd {
         self.fd.as_raw_fd()
     }
 
+    /// Makes this descriptor number name `other`'s userfaultfd instead (a forked child
+    /// takes its own under the number the parent's code knows).
+    pub fn replace_with(&self, other: &Uffd) -> io::Result<()> {
+        crate::sys::mem::dup_over(other.raw(), self.raw())
+    }
+
     /// Registers `[start, start+len)` for the given `REGISTER_MODE_*` bits.
     pub fn register(&self, start: usize, len: usize, mode: u64) -> io::Result<()> {
         let mut reg = UffdioRegister {

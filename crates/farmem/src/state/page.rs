@@ -240,8 +240,7 @@ impl PageWord {
                 std::hint::spin_loop();
             } else {
                 // The holder may be descheduled on this very CPU: let it run.
-                // SAFETY: sched_yield has no preconditions and is async-signal-safe.
-                unsafe { libc::sched_yield() };
+                std::thread::yield_now();
             }
         }
     }

@@ -1,0 +1,114 @@
+//! Frames: the local budget, and how much of it is in use.
+//!
+//! Residency is counted in pages of the regions' page caches. Whoever fills a page
+//! reserves its frame first (a compare-and-swap on `resident`), so residency never
+//! exceeds the budget: the documented slack is zero pages of region data (page tables
+//! and farmem's own metadata, about 24 bytes per page of region, are not counted).
+
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+
+/// Smallest budget accepted, in pages: every concurrently faulting thread needs a frame.
+pub const MIN_BUDGET_PAGES: usize = 16;
+
+/// The budget and the frames taken from it, in pages.
+#[derive(Debug)]
+pub(crate) struct Frames {
+    budget: AtomicUsize,
+    resident: AtomicUsize,
+}
+
+impl Frames {
+    pub(crate) fn new(budget: usize) -> Frames {
+        Frames {
+            budget: AtomicUsize::new(budget),
+            resident: AtomicUsize::new(0),
+        }
+    }
+
+    /// The budget.
+    #[inline]
+    pub(crate) fn budget(&self) -> usize {
+        self.budget.load(Relaxed)
+    }
+
+    pub(crate) fn set_budget(&self, pages: usize) {
+        self.budget.store(pages, SeqCst);
+    }
+
+    /// Frames in use.
+    #[inline]
+    pub(crate) fn resident(&self) -> usize {
+        self.resident.load(Acquire)
+    }
+
+    /// Frames not in use (0 when over a budget that just shrank).
+    #[inline]
+    pub(crate) fn free(&self) -> usize {
+        self.budget().saturating_sub(self.resident())
+    }
+
+    /// Takes up to `want` frames without evicting. Returns how many it got and the
+    /// residency after (0 and the current residency when none was free).
+    pub(crate) fn try_reserve(&self, want: usize) -> (usize, usize) {
+        let mut cur = self.resident.load(Relaxed);
+        if want == 0 {
+            return (0, cur);
+        }
+        loop {
+            let got = want.min(self.budget().saturating_sub(cur));
+            if got == 0 {
+                return (0, cur);
+            }
+            match self
+                .resident
+                .compare_exchange_weak(cur, cur + got, AcqRel, Relaxed)
+            {
+                Ok(_) => return (got, cur + got),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives `n` frames back.
+    #[inline]
+    pub(crate) fn release(&self, n: usize) {
+        if n > 0 {
+            self.resident.fetch_sub(n, AcqRel);
+        }
+    }
+}
+
+/// Watermarks in free frames: the reclaimer wakes below `low` and stops at `high`.
+pub(crate) fn watermarks(budget: usize) -> (usize, usize) {
+    let low = (budget / 32).max((budget / 8).min(8)).clamp(1, 2048);
+    (low, (2 * low).min(budget / 2).max(low))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_fit_inside_the_budget() {
+        for b in [16usize, 17, 100, 1000, 65536, 1 << 22] {
+            let (low, high) = watermarks(b);
+            assert!(
+                low >= 1 && low <= high && high <= b / 2 + 1,
+                "{b}: {low} {high}"
+            );
+        }
+    }
+
+    #[test]
+    fn reservations_never_pass_the_budget() {
+        let f = Frames::new(10);
+        assert_eq!(f.try_reserve(4), (4, 4));
+        assert_eq!(f.try_reserve(8), (6, 10));
+        assert_eq!(f.try_reserve(1), (0, 10));
+        f.release(3);
+        assert_eq!(f.free(), 3);
+        f.set_budget(5);
+        assert_eq!(f.free(), 0);
+        assert_eq!(f.try_reserve(1).0, 0);
+    }
+}

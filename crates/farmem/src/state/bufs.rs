@@ -1,0 +1,71 @@
+//! Fetch buffers for the fault paths: 64 slots of [`BATCH_PAGES`] pages, handed out
+//! through an atomic bitmap so that a signal handler can take one without locks or
+//! allocation.
+
+use crate::backend::PAGE_SIZE;
+use crate::sys::mem::Mapping;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+
+/// Pages one fetch or eviction batch handles at most (the size of a buffer).
+pub(crate) const BATCH_PAGES: usize = 72;
+
+pub(crate) struct BufPool {
+    map: Mapping,
+    free: AtomicU64,
+}
+
+pub(crate) struct PoolBuf<'a> {
+    pool: &'a BufPool,
+    slot: usize,
+}
+
+impl BufPool {
+    const SLOTS: usize = 64;
+    const SLOT_BYTES: usize = BATCH_PAGES * PAGE_SIZE;
+
+    pub(crate) fn new() -> std::io::Result<BufPool> {
+        Ok(BufPool {
+            map: Mapping::anon(Self::SLOTS * Self::SLOT_BYTES)?,
+            free: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    pub(crate) fn acquire(&self) -> PoolBuf<'_> {
+        loop {
+            let cur = self.free.load(Acquire);
+            if cur == 0 {
+                // 64 faults in flight at once: wait for one to finish.
+                std::hint::spin_loop();
+                std::thread::yield_now();
+                continue;
+            }
+            let slot = cur.trailing_zeros() as usize;
+            if self
+                .free
+                .compare_exchange_weak(cur, cur & !(1 << slot), AcqRel, Relaxed)
+                .is_ok()
+            {
+                return PoolBuf { pool: self, slot };
+            }
+        }
+    }
+}
+
+impl PoolBuf<'_> {
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: slot `slot` is ours alone until drop (its bit is clear in `free`), and
+        // lies inside the pool's mapping, which outlives this borrow.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.pool.map.ptr().add(self.slot * BufPool::SLOT_BYTES),
+                BufPool::SLOT_BYTES,
+            )
+        }
+    }
+}
+
+impl Drop for PoolBuf<'_> {
+    fn drop(&mut self) {
+        self.pool.free.fetch_or(1 << self.slot, AcqRel);
+    }
+}

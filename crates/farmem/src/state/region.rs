@@ -1,0 +1,226 @@
+//! One region's state: a memfd mapped shared and registered with userfaultfd, its
+//! page-state table, the checksums of its far copies, and the application's hints.
+//!
+//! ```text
+//!   RegionState ──► memfd ──── page cache (resident pages)
+//!       │              └──── mapping [base, base+len)
+//!       ├── states: one page word per page      far_hashes: xxh3-128 per far copy
+//!       └──► Shared (budget, tier, policy)
+//! ```
+
+use crate::backend::{PAGE_SIZE, PageKey};
+use crate::prefetch::{Majority, NoPrefetch, PrefetchHook, Prefetcher, Readahead};
+use crate::state::page::{PageWord, State, zeroed_table};
+use crate::state::shared::Shared;
+use crate::sys::mem::{Mapping, Memfd};
+use crate::sys::uffd::{self, Uffd};
+use crate::{Advice, Error, FaultMode, PrefetchKind};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub(crate) struct RegionState {
+    pub id: u32,
+    pub base: usize,
+    pub len: usize,
+    pub pages: u64,
+    pub memfd: Memfd,
+    pub uffd: Uffd,
+    pub mode: FaultMode,
+    pub states: Box<[PageWord]>,
+    far_hashes: Box<[AtomicU64]>,
+    pub shared: Arc<Shared>,
+    pub prefetcher: Mutex<Box<dyn Prefetcher>>,
+    pub advice: RwLock<Vec<(u64, u64, Advice)>>,
+    pub hook: RwLock<Option<Arc<PrefetchHook>>>,
+    /// One past the highest page ever touched: sweeps and fork stop here, so that a
+    /// huge sparse region costs only what was used.
+    high: AtomicU64,
+    /// The handler threads' stop eventfd and count (thread mode), for a forked child.
+    pub stop_fd: AtomicI32,
+    pub handler_count: AtomicUsize,
+    /// Dropped last: the mapping must outlive every use of `base`.
+    _map: Mapping,
+}
+
+impl std::fmt::Debug for RegionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("id", &self.id)
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// xxh3-128 of a page: the end-to-end checksum and the dirty test.
+#[inline]
+pub(crate) fn page_hash(page: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(page)
+}
+
+/// The hash of an all-zero page.
+pub(crate) fn zero_hash() -> u128 {
+    static ZERO: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| page_hash(&[0u8; PAGE_SIZE]))
+}
+
+/// Generation of the next residency of a page.
+#[inline]
+pub(crate) fn next_gen(s: State) -> u32 {
+    s.generation().wrapping_add(1)
+}
+
+impl RegionState {
+    /// Creates a region of `len` bytes (rounded up to pages) and enters it in `shared`'s
+    /// table under a free id.
+    pub(crate) fn new(shared: &Arc<Shared>, len: usize) -> Result<Arc<RegionState>, Error> {
+        if len == 0 {
+            return Err(Error::InvalidArgument(
+                "a region needs at least one byte".into(),
+            ));
+        }
+        let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let pages = (len / PAGE_SIZE) as u64;
+        if pages > PageKey::MAX_PAGE {
+            return Err(Error::InvalidArgument(format!(
+                "a region may hold at most {} pages",
+                PageKey::MAX_PAGE
+            )));
+        }
+        let mode = shared.fault_mode;
+        let no_tables = || {
+            Error::InvalidArgument(format!(
+                "cannot allocate the page tables of a {len}-byte region ({} bytes of farmem metadata): map a smaller region",
+                pages * 24
+            ))
+        };
+        let states = zeroed_table(pages as usize).ok_or_else(no_tables)?;
+        let far_hashes = zeroed_table(pages as usize * 2).ok_or_else(no_tables)?;
+        let memfd = Memfd::new(c"farmem-region", len)
+            .map_err(|e| Error::os("create the region's memfd", e))?;
+        let map = memfd.map(len).map_err(|e| Error::os("map the region", e))?;
+        // A forked child must not inherit the mapping: without the userfaultfd
+        // registration, its touches would put zero pages into the parent's page cache.
+        // The child gets no mapping at all (SIGSEGV if it touches the region) unless the
+        // fork handlers give it a copy.
+        map.dont_fork()
+            .map_err(|e| Error::os("exclude the region from fork (MADV_DONTFORK)", e))?;
+        let mut features = uffd::feature::MISSING_SHMEM | uffd::feature::MINOR_SHMEM;
+        if mode == FaultMode::Sigbus {
+            features |= uffd::feature::SIGBUS;
+        }
+        let uffd = Uffd::new(features, mode == FaultMode::Thread).map_err(Error::userfaultfd)?;
+        uffd.register(
+            map.ptr() as usize,
+            len,
+            uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_MINOR,
+        )
+        .map_err(|e| Error::os("register the region with userfaultfd", e))?;
+        let prefetcher: Box<dyn Prefetcher> =
+            match (&shared.config.custom_prefetcher, shared.config.prefetch) {
+                (Some(f), _) => f.make(),
+                (None, PrefetchKind::None) => Box::new(NoPrefetch),
+                (None, PrefetchKind::Readahead) => Box::<Readahead>::default(),
+                (None, PrefetchKind::Majority) => Box::<Majority>::default(),
+            };
+        let state = shared.add_region(|id| RegionState {
+            id,
+            base: map.ptr() as usize,
+            len,
+            pages,
+            memfd,
+            uffd,
+            mode,
+            states,
+            far_hashes,
+            shared: shared.clone(),
+            prefetcher: Mutex::new(prefetcher),
+            advice: RwLock::new(Vec::new()),
+            hook: RwLock::new(None),
+            high: AtomicU64::new(0),
+            stop_fd: AtomicI32::new(-1),
+            handler_count: AtomicUsize::new(0),
+            _map: map,
+        })?;
+        Ok(state)
+    }
+
+    #[inline]
+    pub fn page_addr(&self, page: u64) -> usize {
+        self.base + page as usize * PAGE_SIZE
+    }
+
+    #[inline]
+    pub fn key(&self, page: u64) -> PageKey {
+        PageKey::new(self.id, page)
+    }
+
+    /// The checksum of the page's far copy. Read and written only under the page lock.
+    #[inline]
+    pub fn far_hash(&self, page: u64) -> u128 {
+        let i = page as usize * 2;
+        (self.far_hashes[i].load(Relaxed) as u128)
+            | ((self.far_hashes[i + 1].load(Relaxed) as u128) << 64)
+    }
+
+    #[inline]
+    pub fn set_far_hash(&self, page: u64, h: u128) {
+        let i = page as usize * 2;
+        self.far_hashes[i].store(h as u64, Relaxed);
+        self.far_hashes[i + 1].store((h >> 64) as u64, Relaxed);
+    }
+
+    /// One past the highest page ever touched.
+    #[inline]
+    pub fn high_water(&self) -> u64 {
+        self.high.load(Relaxed)
+    }
+
+    /// Notes that `page` is being touched.
+    #[inline]
+    pub fn note_touched(&self, page: u64) {
+        if page >= self.high.load(Relaxed) {
+            self.high.fetch_max(page + 1, Relaxed);
+        }
+    }
+
+    /// The advice covering `page`, if any (never blocks: skipped while being changed).
+    pub fn advice_at(&self, page: u64) -> Option<Advice> {
+        let a = self.advice.try_read().ok()?;
+        a.iter()
+            .rev()
+            .find(|(s, e, _)| (*s..*e).contains(&page))
+            .map(|(_, _, a)| *a)
+    }
+
+    /// In a forked child: copies the resident pages into a memfd of the child's own, maps
+    /// it in place of the parent's (which fork left out), and registers it with a new
+    /// userfaultfd. Descriptor numbers stay the same, so nothing else changes.
+    pub fn take_over_after_fork(&self) -> std::io::Result<()> {
+        let new = Memfd::new(c"farmem-region", self.len)?;
+        let end = self.page_addr(self.high_water()) - self.base;
+        self.memfd.copy_data_to(&new, end)?;
+        // The old file stays open in the parent.
+        self.memfd.replace_with(&new)?;
+        drop(new);
+        // SAFETY: the range fork left unmapped in the child (MADV_DONTFORK); it is this
+        // region's own address range.
+        unsafe { self.memfd.map_fixed(self.base, self.len)? };
+        let uffd = Uffd::new(self.uffd.features(), self.mode == FaultMode::Thread)?;
+        self.uffd.replace_with(&uffd)?;
+        drop(uffd);
+        self.uffd.register(
+            self.base,
+            self.len,
+            uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_MINOR,
+        )
+    }
+
+    /// Pages resident now (mapped or not).
+    pub fn resident_pages(&self) -> u64 {
+        self.states
+            .iter()
+            .filter(|w| w.load().is_resident())
+            .count() as u64
+    }
+}

@@ -1,0 +1,174 @@
+//! What every region of an engine shares: the frames, the far tier, the eviction policy
+//! and the queue that feeds it, the table of regions, the counters, the zapper and the
+//! fetch buffers.
+
+use crate::Error;
+use crate::FaultMode;
+use crate::backend::Backend;
+use crate::policy::{EvictionPolicy, PageRef};
+use crate::state::budget::Frames;
+use crate::state::bufs::BufPool;
+use crate::state::config::Config;
+use crate::state::region::RegionState;
+use crate::stats::{Counters, Stats};
+use crate::sys::mem::Zapper;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Capacity of the lock-free arrivals queue.
+const ARRIVALS: usize = 16384;
+
+/// The process-wide state every region of an engine shares.
+pub(crate) struct Shared {
+    pub frames: Frames,
+    pub backend: Arc<dyn Backend>,
+    pub policy: Mutex<Box<dyn EvictionPolicy>>,
+    /// Pages that became resident, waiting to be handed to the policy: the fault path
+    /// pushes here without a lock; whoever selects victims drains it first.
+    arrivals: crossbeam_queue::ArrayQueue<PageRef>,
+    wants_arrivals: bool,
+    pub regions: RwLock<Vec<Option<Arc<RegionState>>>>,
+    pub counters: Counters,
+    pub zapper: Zapper,
+    pub bufs: BufPool,
+    pub config: Config,
+    pub fault_mode: FaultMode,
+    pub shutdown: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("frames", &self.frames)
+            .field("backend", &self.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: Config,
+        budget_pages: usize,
+        fault_mode: FaultMode,
+        policy: Box<dyn EvictionPolicy>,
+    ) -> Result<Shared, Error> {
+        Ok(Shared {
+            frames: Frames::new(budget_pages),
+            backend: config.backend.clone(),
+            wants_arrivals: policy.wants_arrivals(),
+            policy: Mutex::new(policy),
+            arrivals: crossbeam_queue::ArrayQueue::new(ARRIVALS),
+            regions: RwLock::new(Vec::new()),
+            counters: Counters::default(),
+            zapper: Zapper::new(),
+            bufs: BufPool::new().map_err(|e| Error::os("mmap fetch buffers", e))?,
+            config,
+            fault_mode,
+            shutdown: AtomicBool::new(false),
+        })
+    }
+
+    /// Enters a region made by `make(id)` under a free id.
+    pub(crate) fn add_region(
+        self: &Arc<Self>,
+        make: impl FnOnce(u32) -> RegionState,
+    ) -> Result<Arc<RegionState>, Error> {
+        let mut regions = self.regions.write().unwrap_or_else(|e| e.into_inner());
+        let id = match regions.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                regions.push(None);
+                regions.len() - 1
+            }
+        };
+        if id >= 1 << 24 {
+            return Err(Error::InvalidArgument(
+                "too many regions in one engine (16 million)".into(),
+            ));
+        }
+        let r = Arc::new(make(id as u32));
+        regions[id] = Some(r.clone());
+        drop(regions);
+        self.policy_reserve(self.frames.budget());
+        Ok(r)
+    }
+
+    /// Takes a region out of the table (its pages are the caller's to release).
+    pub(crate) fn remove_region(&self, id: u32) {
+        let mut regions = self.regions.write().unwrap_or_else(|e| e.into_inner());
+        regions[id as usize] = None;
+    }
+
+    /// The region with this id, if it is still mapped.
+    pub(crate) fn region_arc(&self, id: u32) -> Option<Arc<RegionState>> {
+        self.regions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id as usize)?
+            .clone()
+    }
+
+    /// Takes up to `want` frames without evicting; returns how many it got.
+    #[inline]
+    pub(crate) fn try_reserve(&self, want: usize) -> usize {
+        let (got, now) = self.frames.try_reserve(want);
+        if got > 0 {
+            self.counters.note_resident(now as u64);
+        }
+        got
+    }
+
+    /// Gives `n` frames back.
+    #[inline]
+    pub(crate) fn release_frames(&self, n: usize) {
+        self.frames.release(n);
+    }
+
+    /// Hands pages that became resident to the policy, without taking its lock unless
+    /// the arrivals queue is full.
+    pub(crate) fn policy_insert(&self, refs: &[PageRef]) {
+        if !self.wants_arrivals {
+            return;
+        }
+        for r in refs {
+            if let Err(r) = self.arrivals.push(*r) {
+                let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+                self.drain_arrivals(&mut **p);
+                p.insert(r);
+            }
+        }
+    }
+
+    /// Hands the queued arrivals to `p` (the policy, locked by the caller).
+    pub(crate) fn drain_arrivals(&self, p: &mut dyn EvictionPolicy) {
+        while let Some(r) = self.arrivals.pop() {
+            p.insert(r);
+        }
+    }
+
+    /// Grows the policy's preallocated capacity for `budget_pages` resident pages.
+    pub(crate) fn policy_reserve(&self, budget_pages: usize) {
+        let total: usize = self.total_region_pages();
+        let want = total.min(budget_pages * 2 + 1024);
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reserve(want);
+    }
+
+    fn total_region_pages(&self) -> usize {
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        regions.iter().flatten().map(|r| r.pages as usize).sum()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut st = Stats::from_counters(&self.counters);
+        st.resident_pages = self.frames.resident() as u64;
+        st.budget_pages = self.frames.budget() as u64;
+        let t = self.backend.stats();
+        st.far_pages = t.pages;
+        st.far_bytes = t.stored_bytes;
+        st.far_ratio = t.ratio();
+        st
+    }
+}
