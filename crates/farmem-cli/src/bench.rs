@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Eviction policy: clock or fifo.
     #[arg(long, default_value = "clock")]
     pub evict: PolicyKind,
+    /// Learn the hot set only by unmapping pages (minor faults), not from the hardware's
+    /// accessed bits.
+    #[arg(long)]
+    pub no_accessed_bits: bool,
     /// Seconds of accesses per system per run (after the fill).
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -235,6 +239,7 @@ fn run_farmem(a: &BenchArgs) -> Result<BenchRecord> {
         .policy(a.evict)
         .prefetch(a.prefetch)
         .fault_mode(a.fault_mode)
+        .accessed_bits(!a.no_accessed_bits)
         .build()?;
     let region = engine.map(a.size as usize)?;
     // SAFETY: the region stays mapped until it drops at the end of this function, after
@@ -284,12 +289,18 @@ fn run_farmem(a: &BenchArgs) -> Result<BenchRecord> {
     rec.set_extra("fault_mode", engine.fault_mode().to_string());
     rec.set_extra("backend", engine.backend_name());
     rec.set_extra("evict", format!("{:?}", a.evict).to_lowercase());
+    rec.set_extra("accessed_bits", !a.no_accessed_bits);
     rec.set_extra("prefetch", format!("{:?}", a.prefetch).to_lowercase());
     rec.set_extra("fill_s", fill.as_secs_f64());
     rec.set_extra("writes", a.writes);
     rec.set_extra("lru_misses", lru.stats().misses());
     rec.set_extra("minor_faults", st.minor_faults);
     rec.set_extra("zero_faults", st.zero_faults);
+    rec.set_extra("demoted", st.demoted_pages);
+    rec.set_extra("aged_chunks", st.aged_chunks);
+    rec.set_extra("counted_chunks", st.counted_chunks);
+    rec.set_extra("kept_mapped", st.kept_mapped_pages);
+    rec.set_extra("cold_mapped", st.cold_mapped_pages);
     rec.set_extra("fault_mean_us", st.major_latency.mean_us);
     rec.set_extra("fault_p999_us", st.major_latency.p999_us);
     rec.set_extra("minor_p50_us", st.minor_latency.p50_us);

@@ -45,6 +45,12 @@ pub struct RunArgs {
     /// 256 KiB brings in the rest of the block, and the prefetcher does not fetch past it.
     #[arg(long)]
     pub no_object_prefetch: bool,
+    /// Learn which pages are in use only by unmapping them and counting the minor faults
+    /// that map them again, not from the hardware's accessed bits (which farmem reads per
+    /// 2 MiB chunk from /proc/self/smaps; on by default). For comparison, and for systems
+    /// where /proc is not readable (there it is off anyway).
+    #[arg(long)]
+    pub no_accessed_bits: bool,
     /// Turn off the syscall guard (on by default in the sigbus fault mode, Linux 5.11+):
     /// system calls the program makes outside the C library's common entry points (the
     /// `syscall` instruction, the C library's internal calls) go through farmem first, so
@@ -161,6 +167,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.no_syscall_guard {
         cmd.env("FARMEM_SYSCALL_GUARD", "0");
     }
+    cmd.env(
+        "FARMEM_ACCESSED_BITS",
+        if a.no_accessed_bits { "0" } else { "1" },
+    );
     if let Some(p) = &token_file {
         cmd.env("FARMEM_TOKEN_FILE", p);
     }

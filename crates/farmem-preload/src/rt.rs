@@ -15,6 +15,7 @@
 //! | FARMEM_FAULT_MODE | auto, sigbus, thread | auto |
 //! | FARMEM_HEAP_MAX | bytes of address space for the heap (at most 1 TiB with the object prefetch) | 128 GiB |
 //! | FARMEM_OBJECT_PREFETCH | `0` turns off the object prefetch (`extent`; `farmem run --no-object-prefetch`) | on |
+//! | FARMEM_ACCESSED_BITS | `0`: learn the hot set only by unmapping pages, not from the hardware's accessed bits (`farmem run --no-accessed-bits`) | on |
 //! | FARMEM_SYSCALL_GUARD | `0` turns off the syscall guard (`sud`; `farmem run --no-syscall-guard`), `1` makes it required | on where the kernel has it, in sigbus mode |
 //! | FARMEM_MMAP_THRESHOLD | anonymous mmaps from this size up are far | 256 KiB |
 //! | FARMEM_STATS | print a summary at exit (`1`) | off |
@@ -219,6 +220,7 @@ fn init() -> Result<(), String> {
         .policy(policy)
         .prefetch(prefetch)
         .fault_mode(mode)
+        .accessed_bits(env("FARMEM_ACCESSED_BITS").is_none_or(|v| v != "0"))
         .build()
         .map_err(|e| e.to_string())?;
     let region = engine

@@ -88,6 +88,13 @@ impl Builder {
         self
     }
 
+    /// Whether to read the hardware's accessed bits to learn which pages are in use
+    /// (default: yes). See [`Config::accessed_bits`].
+    pub fn accessed_bits(mut self, on: bool) -> Builder {
+        self.config.accessed_bits = on;
+        self
+    }
+
     /// Pages per reclaim batch (1 to 72).
     pub fn reclaim_batch(mut self, pages: usize) -> Builder {
         self.config.reclaim_batch = pages.clamp(1, BATCH_PAGES);
@@ -124,6 +131,7 @@ impl Engine {
                 fault_mode: FaultMode::Auto,
                 handler_threads: 1,
                 reclaim_batch: 64,
+                accessed_bits: true,
                 custom_policy: None,
                 custom_prefetcher: None,
             },
@@ -149,6 +157,7 @@ impl Engine {
             Some(f) => f.make(),
             None => config.policy.build(),
         };
+        crate::state::region::init_split_allowance();
         let shared = Arc::new(Shared::new(config, budget, fault_mode, policy)?);
         let handle =
             reclaim::spawn(&shared).map_err(|e| Error::os("spawn the reclaimer thread", e))?;
@@ -231,6 +240,10 @@ impl Engine {
             &c.dropped_clean,
             &c.evicted_zero,
             &c.demoted,
+            &c.aged_chunks,
+            &c.counted_chunks,
+            &c.kept_mapped,
+            &c.cold_mapped,
             &c.direct_reclaims,
         ] {
             a.store(0, Relaxed);

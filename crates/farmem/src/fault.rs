@@ -23,7 +23,7 @@ use crate::policy::PageRef;
 use crate::prefetch::{Candidates, FaultInfo, PrefetchRequest};
 use crate::reclaim::{reserve_for_prefetch, reserve_frame};
 use crate::state::bufs::BATCH_PAGES;
-use crate::state::page::{AHEAD, HAS_FAR, PREFETCHED, State, Tag, YOUNG};
+use crate::state::page::{AHEAD, HAS_FAR, KEPT, PREFETCHED, State, Tag, WARM, YOUNG};
 use crate::state::region::{RegionState, next_gen, page_hash};
 use crate::stats::Counters;
 use crate::sys::uffd::{self, FillError, UffdMsg};
@@ -117,10 +117,19 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                     || r.uffd.cont(page_addr, PAGE_SIZE).or_else(ok_if_exists),
                     "mapping a local page (UFFDIO_CONTINUE)",
                 );
-                w.unlock(
-                    s.with_tag(Tag::Active)
-                        .with_flags(s.flags() & !(PREFETCHED | AHEAD | YOUNG)),
-                );
+                // Unmapped by the clock hand and touched within a lap: it passed a test.
+                // Twice in a row (it was WARM) puts it in the hot set, which the hand
+                // leaves mapped. A prefetched page's first touch is its first use, not a
+                // test passed.
+                let flags = s.flags() & !(PREFETCHED | AHEAD | YOUNG | KEPT | WARM);
+                let heat = if s.prefetched() || s.ahead() {
+                    0
+                } else if s.flags() & WARM != 0 {
+                    KEPT
+                } else {
+                    WARM
+                };
+                w.unlock(s.with_tag(Tag::Active).with_flags(flags | heat));
                 Counters::bump(&c.minor_faults, 1);
                 c.minor_latency.record(t0.elapsed().as_nanos() as u64);
                 if s.ahead() {

@@ -115,6 +115,10 @@ pub(crate) struct Counters {
     pub dropped_clean: AtomicU64,
     pub evicted_zero: AtomicU64,
     pub demoted: AtomicU64,
+    pub aged_chunks: AtomicU64,
+    pub counted_chunks: AtomicU64,
+    pub kept_mapped: AtomicU64,
+    pub cold_mapped: AtomicU64,
     pub direct_reclaims: AtomicU64,
     pub peak_resident: AtomicU64,
     pub major_latency: Histogram,
@@ -188,6 +192,16 @@ pub struct Stats {
     pub evicted_zero_pages: u64,
     /// Pages unmapped by the reclaimer's sweep to sample references (CLOCK).
     pub demoted_pages: u64,
+    /// Chunks the CLOCK hand passed.
+    pub aged_chunks: u64,
+    /// Of those, chunks whose accessed bits were counted.
+    pub counted_chunks: u64,
+    /// Pages the hand left mapped because their chunk's accessed bits showed them in use
+    /// (each a minor fault saved).
+    pub kept_mapped_pages: u64,
+    /// Mapped pages whose chunk's accessed bits showed them unused for a whole lap:
+    /// evicted without first being unmapped to test them.
+    pub cold_mapped_pages: u64,
     /// Times a faulting thread had to reclaim because no free frame was left.
     pub direct_reclaims: u64,
     /// Pages resident now.
@@ -253,6 +267,10 @@ impl Stats {
             dropped_clean_pages: l(&c.dropped_clean),
             evicted_zero_pages: l(&c.evicted_zero),
             demoted_pages: l(&c.demoted),
+            aged_chunks: l(&c.aged_chunks),
+            counted_chunks: l(&c.counted_chunks),
+            kept_mapped_pages: l(&c.kept_mapped),
+            cold_mapped_pages: l(&c.cold_mapped),
             direct_reclaims: l(&c.direct_reclaims),
             peak_resident_pages: l(&c.peak_resident),
             major_latency: Latency::of(&c.major_latency),
@@ -296,6 +314,11 @@ impl std::fmt::Display for Stats {
             self.evicted_zero_pages,
             self.demoted_pages,
             self.direct_reclaims
+        )?;
+        writeln!(
+            f,
+            "hot set: {} chunks passed, {} by accessed bits; {} pages kept mapped, {} found cold while mapped",
+            self.aged_chunks, self.counted_chunks, self.kept_mapped_pages, self.cold_mapped_pages
         )?;
         writeln!(
             f,

@@ -52,12 +52,24 @@ fn run(
     prefetch: PrefetchKind,
     backend: Arc<dyn Backend>,
 ) {
+    run_with(ops, mode, policy, prefetch, backend, true)
+}
+
+fn run_with(
+    ops: &[Op],
+    mode: FaultMode,
+    policy: PolicyKind,
+    prefetch: PrefetchKind,
+    backend: Arc<dyn Backend>,
+    accessed_bits: bool,
+) {
     let engine = Engine::builder()
         .local_budget(24 * PAGE)
         .fault_mode(mode)
         .policy(policy)
         .prefetch(prefetch)
         .backend(backend)
+        .accessed_bits(accessed_bits)
         .build()
         .unwrap();
     let region = engine.map(PAGES * PAGE).unwrap();
@@ -144,6 +156,12 @@ proptest! {
     #[test]
     fn sigbus_fifo_compressed_majority(ops in proptest::collection::vec(op(), 1..120)) {
         run(&ops, FaultMode::Sigbus, PolicyKind::Fifo, PrefetchKind::Majority, Arc::new(Compressed::lz4()));
+    }
+
+    /// The hot set learnt by unmapping alone (no accessed bits): the fallback path.
+    #[test]
+    fn sigbus_clock_mem_unmap_test_only(ops in proptest::collection::vec(op(), 1..120)) {
+        run_with(&ops, FaultMode::Sigbus, PolicyKind::Clock, PrefetchKind::Readahead, Arc::new(Memory::new()), false);
     }
 
     #[test]

@@ -25,8 +25,34 @@ fn hammer(
     threads: usize,
     rounds: usize,
 ) {
+    hammer_with(
+        mode,
+        policy,
+        prefetch,
+        backend,
+        pages,
+        budget_pages,
+        threads,
+        rounds,
+        true,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn hammer_with(
+    mode: FaultMode,
+    policy: PolicyKind,
+    prefetch: PrefetchKind,
+    backend: Arc<dyn Backend>,
+    pages: usize,
+    budget_pages: usize,
+    threads: usize,
+    rounds: usize,
+    accessed_bits: bool,
+) {
     let engine = Engine::builder()
         .local_budget(budget_pages * PAGE)
+        .accessed_bits(accessed_bits)
         .fault_mode(mode)
         .policy(policy)
         .prefetch(prefetch)
@@ -120,6 +146,22 @@ fn sigbus_eight_threads_two_percent_budget() {
         40,
         8,
         3,
+    );
+}
+
+/// The same with the hot set learnt by unmapping alone (no accessed bits).
+#[test]
+fn sigbus_six_threads_three_percent_budget_unmap_test_only() {
+    hammer_with(
+        FaultMode::Sigbus,
+        PolicyKind::Clock,
+        PrefetchKind::Readahead,
+        Arc::new(Memory::new()),
+        2048,
+        60,
+        6,
+        2,
+        false,
     );
 }
 

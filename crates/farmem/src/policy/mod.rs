@@ -1,20 +1,25 @@
 //! Eviction policies: which resident pages go when frames are needed.
 //!
-//! A policy picks victims through a [`ResidentView`]. The view exposes the only access
-//! information userspace can get cheaply and exactly on stock Linux: whether a page has
-//! been touched since it was last *demoted*. Demoting unmaps a page while its data stays in
-//! local memory; its next touch takes a minor fault (about 1.6 us here) that maps it again.
-//! So "mapped" is a real reference bit, and demotion clears it.
+//! A policy picks victims through a [`ResidentView`]. The view gives two kinds of
+//! reference information:
+//!
+//! - [`ResidentView::status`], per page: mapped (`Referenced`: touched since it was last
+//!   unmapped, or new) or not (`Unreferenced`: in local memory, unmapped, untouched since).
+//! - [`ResidentView::age`], per 2 MiB chunk: one pass of a clock hand. The engine reads
+//!   the hardware's accessed bits of the chunk (an exact count per chunk, from
+//!   `/proc/self/smaps`; `MADV_COLD` clears them) and decides page by page from that and
+//!   from what each page did since the last pass: pages in use stay mapped and cost
+//!   nothing; pages it cannot judge are unmapped, and a touch maps them again with a minor
+//!   fault (about 2 us here), which marks them in use; pages untouched since the last
+//!   pass come back as victims, already unmapped.
 //!
 //! Unmapping a page that another CPU may have in its TLB costs a TLB shootdown: an
 //! inter-processor interrupt, which under virtualisation is a VM exit on both sides, and
-//! for shared-memory pages the kernel sends one per `madvise` range. So the view demotes
-//! whole address ranges at once ([`ResidentView::demote_range`]: one shootdown for up to
-//! 512 pages), and victims should be pages that are already unmapped
-//! ([`PageStatus::Unreferenced`]): evicting those needs no shootdown at all.
-//! [`Clock`] sweeps the address space in 2 MiB chunks and does exactly that; [`Fifo`]
-//! evicts mapped pages in arrival order and pays a shootdown per page (kept for
-//! comparison).
+//! for shared-memory pages the kernel sends one per `madvise` range. So the view unmaps
+//! and clears whole chunks with one call each, and victims are pages already unmapped:
+//! evicting those needs no shootdown at all. [`Clock`] ages the address space chunk by
+//! chunk and takes the victims each pass returns; [`Fifo`] evicts mapped pages in arrival
+//! order and pays a shootdown per page (kept for comparison).
 //!
 //! # Threading and lifecycle
 //! One policy per engine, behind a mutex taken by whoever selects victims (the reclaimer,
@@ -26,7 +31,14 @@
 mod clock;
 mod fifo;
 
-pub use clock::{CHUNK_PAGES, Clock};
+pub use clock::Clock;
+
+/// Pages in a chunk: the unit of [`ResidentView::age`] (2 MiB, one page-table page, one
+/// mapping of its own so that its accessed bits can be counted).
+pub const CHUNK_PAGES: u64 = (crate::sys::mem::CHUNK_BYTES / crate::backend::PAGE_SIZE) as u64;
+
+/// One bit per page of a chunk: bit `i` of word `i / 64` is the chunk's page `i`.
+pub type ChunkBits = [u64; CHUNK_PAGES as usize / 64];
 pub use fifo::Fifo;
 
 /// A resident page as the policy knows it: region, page index and the generation the page
@@ -75,9 +87,12 @@ pub trait ResidentView {
     fn status(&self, page: PageRef) -> PageStatus;
     /// Takes the page as a victim. Returns false if it changed state meanwhile.
     fn evict(&mut self, page: PageRef) -> bool;
-    /// Clears the reference bit of every mapped page in `[first, end)` of `region` with
-    /// one TLB shootdown. Returns how many pages it demoted.
-    fn demote_range(&mut self, region: u32, first: u64, end: u64) -> usize;
+    /// One pass of a clock hand over `[first, end)` of `region` (at most one chunk,
+    /// starting at a multiple of [`CHUNK_PAGES`]): sets in `cold` (bit `i` for page
+    /// `first + i`) the pages not referenced since the previous pass, unmapped and ready
+    /// to [`evict`](ResidentView::evict) (while their status stays `Unreferenced`), and
+    /// clears the reference information of the others. Returns how many it set.
+    fn age(&mut self, region: u32, first: u64, end: u64, cold: &mut ChunkBits) -> usize;
     /// The first region with an id at or after `id`, and its size in pages.
     fn region_from(&self, id: u32) -> Option<(u32, u64)>;
     /// Victims taken so far in this selection.
@@ -144,7 +159,7 @@ pub(crate) mod model {
         pub state: HashMap<u64, PageStatus>,
         pub demoted: Vec<u64>,
         pub victims_taken: Vec<u64>,
-        pub demote_calls: usize,
+        pub age_calls: usize,
     }
 
     impl ResidentView for ModelView {
@@ -156,14 +171,21 @@ pub(crate) mod model {
             self.state.insert(page.page, PageStatus::Stale);
             true
         }
-        fn demote_range(&mut self, _region: u32, first: u64, end: u64) -> usize {
-            self.demote_calls += 1;
+        fn age(&mut self, _region: u32, first: u64, end: u64, cold: &mut ChunkBits) -> usize {
+            self.age_calls += 1;
             let mut n = 0;
             for p in first..end {
-                if self.state.get(&p) == Some(&PageStatus::Referenced) {
-                    self.state.insert(p, PageStatus::Unreferenced);
-                    self.demoted.push(p);
-                    n += 1;
+                match self.state.get(&p) {
+                    Some(PageStatus::Referenced) => {
+                        self.state.insert(p, PageStatus::Unreferenced);
+                        self.demoted.push(p);
+                    }
+                    Some(PageStatus::Unreferenced) => {
+                        let i = (p - first) as usize;
+                        cold[i / 64] |= 1 << (i % 64);
+                        n += 1;
+                    }
+                    _ => {}
                 }
             }
             n

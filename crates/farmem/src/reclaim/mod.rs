@@ -9,6 +9,7 @@
 //!   `evict.rs` unmaps them, writes the dirty ones back in one batch, frees the frames
 //! ```
 
+mod age;
 mod evict;
 mod view;
 

@@ -23,6 +23,11 @@ pub struct Config {
     pub handler_threads: usize,
     /// Pages evicted per batch by the reclaimer.
     pub reclaim_batch: usize,
+    /// Learn which resident pages are in use from the hardware's accessed bits, counted
+    /// per 2 MiB chunk (`/proc/self/smaps`), instead of only by unmapping pages and
+    /// watching for the minor faults that map them again. On by default; off (or without
+    /// a readable /proc) every page is tested by unmapping it.
+    pub accessed_bits: bool,
     /// Your own eviction policy, used instead of `policy` when set.
     pub custom_policy: Option<Factory<dyn EvictionPolicy>>,
     /// Your own prefetcher (one per region), used instead of `prefetch` when set.

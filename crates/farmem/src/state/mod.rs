@@ -13,6 +13,7 @@
 //! Modules import only downwards: nothing here knows about faults, reclaim or the
 //! handles above.
 
+pub(crate) mod accessed;
 pub(crate) mod budget;
 pub(crate) mod bufs;
 pub(crate) mod config;

@@ -26,6 +26,8 @@
 //! | 4     | PREFETCHED: brought in by a prefetch, unmapped, and not touched since |
 //! | 5     | AHEAD: mapped ahead of a stream by a prefetch, not yet confirmed used |
 //! | 6     | YOUNG: an unmapped prefetched page the CLOCK hand has not passed yet (its reference bit) |
+//! | 7     | KEPT: in the hot set: left mapped by the hand, which reads its chunk's accessed bits |
+//! | 8     | WARM: touched after one test (mapped again by a minor fault after the hand unmapped it), or, unmapped, being tested a second time |
 //! | 32..64| generation: bumped each time the page becomes resident, so that stale queue entries of the eviction policy can be recognised |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +59,14 @@ pub const AHEAD: u64 = 1 << 5;
 /// Prefetched, unmapped, and not yet passed by the CLOCK hand: it gets one lap of grace,
 /// as a mapped page does.
 pub const YOUNG: u64 = 1 << 6;
-const FLAG_MASK: u64 = HAS_FAR | PREFETCHED | AHEAD | YOUNG;
+/// In the hot set (ACTIVE): the CLOCK hand leaves it mapped and learns whether it is
+/// still used from its chunk's count of hardware accessed bits (`reclaim/age.rs`).
+pub const KEPT: u64 = 1 << 7;
+/// Passed one test: unmapped by the CLOCK hand and touched again within a lap. On an
+/// ACTIVE page: the next pass tests it once more. On an INACTIVE page: the second test
+/// is running; a touch now puts it in the hot set (KEPT).
+pub const WARM: u64 = 1 << 8;
+const FLAG_MASK: u64 = HAS_FAR | PREFETCHED | AHEAD | YOUNG | KEPT | WARM;
 const GEN_SHIFT: u32 = 32;
 
 /// A decoded page-state word.
@@ -75,6 +84,12 @@ impl std::fmt::Debug for State {
         }
         if self.ahead() {
             f.write_str("|AHEAD")?;
+        }
+        if self.0 & KEPT != 0 {
+            f.write_str("|KEPT")?;
+        }
+        if self.0 & WARM != 0 {
+            f.write_str("|WARM")?;
         }
         write!(f, " gen {}", self.generation())
     }
@@ -163,6 +178,8 @@ pub(crate) unsafe trait Zeroable: Sized {}
 
 // SAFETY: AtomicU64 has the layout of u64; zero is a valid u64.
 unsafe impl Zeroable for AtomicU64 {}
+// SAFETY: AtomicU8 has the layout of u8; zero is a valid u8.
+unsafe impl Zeroable for std::sync::atomic::AtomicU8 {}
 // SAFETY: PageWord is a transparent AtomicU64, and zero is UNTOUCHED, generation 0.
 unsafe impl Zeroable for PageWord {}
 

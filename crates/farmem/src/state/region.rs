@@ -9,13 +9,14 @@
 //! ```
 
 use crate::backend::{PAGE_SIZE, PageKey};
+use crate::policy::CHUNK_PAGES;
 use crate::prefetch::{Majority, NoPrefetch, PrefetchHook, Prefetcher, Readahead};
 use crate::state::page::{PageWord, State, zeroed_table};
 use crate::state::shared::Shared;
 use crate::sys::mem::{Mapping, Memfd};
 use crate::sys::uffd::{self, Uffd};
 use crate::{Advice, Error, FaultMode, PrefetchKind};
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicI32, AtomicIsize, AtomicU8, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub(crate) struct RegionState {
@@ -35,6 +36,11 @@ pub(crate) struct RegionState {
     /// One past the highest page ever touched: sweeps and fork stop here, so that a
     /// huge sparse region costs only what was used.
     high: AtomicU64,
+    /// Chunks `[0, split)` are mappings of their own (see `split_through`).
+    split: AtomicU64,
+    /// Per chunk: hot-set pages found unused but left mapped since the chunk's last full
+    /// test (`reclaim/age.rs`). Used under the policy lock.
+    pub chunk_debt: Box<[AtomicU8]>,
     /// The handler threads' stop eventfd and count (thread mode), for a forked child.
     pub stop_fd: AtomicI32,
     pub handler_count: AtomicUsize,
@@ -62,6 +68,19 @@ pub(crate) fn page_hash(page: &[u8]) -> u128 {
 pub(crate) fn zero_hash() -> u128 {
     static ZERO: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     *ZERO.get_or_init(|| page_hash(&[0u8; PAGE_SIZE]))
+}
+
+/// Chunks that may still be split into mappings of their own, process-wide: half of
+/// `vm.max_map_count`, leaving the rest to the program (set by [`init_split_allowance`]).
+static SPLIT_ALLOWANCE: AtomicIsize = AtomicIsize::new(0);
+
+/// Sets the allowance of split mappings once per process (not in a signal handler: it
+/// reads /proc).
+pub(crate) fn init_split_allowance() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        SPLIT_ALLOWANCE.store((crate::sys::mem::max_map_count() / 2) as isize, Relaxed);
+    });
 }
 
 /// Generation of the next residency of a page.
@@ -96,6 +115,8 @@ impl RegionState {
         };
         let states = zeroed_table(pages as usize).ok_or_else(no_tables)?;
         let far_hashes = zeroed_table(pages as usize * 2).ok_or_else(no_tables)?;
+        let chunk_debt =
+            zeroed_table(pages.div_ceil(CHUNK_PAGES) as usize).ok_or_else(no_tables)?;
         let memfd = Memfd::new(c"farmem-region", len)
             .map_err(|e| Error::os("create the region's memfd", e))?;
         let map = memfd.map(len).map_err(|e| Error::os("map the region", e))?;
@@ -123,6 +144,7 @@ impl RegionState {
                 (None, PrefetchKind::Readahead) => Box::<Readahead>::default(),
                 (None, PrefetchKind::Majority) => Box::<Majority>::default(),
             };
+        debug_assert_eq!(map.ptr() as usize % crate::sys::mem::CHUNK_BYTES, 0);
         let state = shared.add_region(|id| RegionState {
             id,
             base: map.ptr() as usize,
@@ -138,6 +160,8 @@ impl RegionState {
             advice: RwLock::new(Vec::new()),
             hook: RwLock::new(None),
             high: AtomicU64::new(0),
+            split: AtomicU64::new(0),
+            chunk_debt,
             stop_fd: AtomicI32::new(-1),
             handler_count: AtomicUsize::new(0),
             _map: map,
@@ -193,6 +217,46 @@ impl RegionState {
             .map(|(_, _, a)| *a)
     }
 
+    /// Makes chunks `0..=chunk` mappings of their own, so that `/proc/self/smaps` counts
+    /// each one's accessed bits apart (`sys::mem::split_mapping` on every odd chunk).
+    /// Returns false if that is not possible: the process-wide allowance of split
+    /// mappings is spent (they count against `vm.max_map_count`), or the kernel refused.
+    /// Called by whoever selects victims (under the policy lock).
+    pub fn split_through(&self, chunk: u64) -> bool {
+        let done = self.split.load(Relaxed);
+        if chunk < done {
+            return true;
+        }
+        let chunks = (self.pages).div_ceil(CHUNK_PAGES);
+        let upto = (chunk + 2).min(chunks); // marking chunk+1 separates chunk from it
+        if upto > done
+            && SPLIT_ALLOWANCE.fetch_sub((upto - done) as isize, Relaxed) < (upto - done) as isize
+        {
+            SPLIT_ALLOWANCE.fetch_add((upto - done) as isize, Relaxed);
+            return false;
+        }
+        for c in done..upto {
+            if c % 2 == 1 {
+                let at = self.page_addr(c * CHUNK_PAGES);
+                let len = ((c + 1) * CHUNK_PAGES).min(self.pages) as usize * PAGE_SIZE
+                    - c as usize * CHUNK_PAGES as usize * PAGE_SIZE;
+                if crate::sys::mem::split_mapping(at, len).is_err() {
+                    self.split.store(c.saturating_sub(1), Relaxed);
+                    return false;
+                }
+            }
+        }
+        // Chunk `upto - 1` is separate from its right neighbour if one of the two is
+        // marked (or it ends the region).
+        let separate = if upto == chunks || (upto - 1) % 2 == 1 {
+            upto
+        } else {
+            upto - 1
+        };
+        self.split.store(separate, Relaxed);
+        chunk < separate
+    }
+
     /// In a forked child: copies the resident pages into a memfd of the child's own, maps
     /// it in place of the parent's (which fork left out), and registers it with a new
     /// userfaultfd. Descriptor numbers stay the same, so nothing else changes.
@@ -206,6 +270,8 @@ impl RegionState {
         // SAFETY: the range fork left unmapped in the child (MADV_DONTFORK); it is this
         // region's own address range.
         unsafe { self.memfd.map_fixed(self.base, self.len)? };
+        // The new mapping is one VMA again: chunks are split anew as the hand reaches them.
+        self.split.store(0, Relaxed);
         let uffd = Uffd::new(self.uffd.features(), self.mode == FaultMode::Thread)?;
         self.uffd.replace_with(&uffd)?;
         drop(uffd);

@@ -6,6 +6,7 @@ use crate::Error;
 use crate::FaultMode;
 use crate::backend::Backend;
 use crate::policy::{EvictionPolicy, PageRef};
+use crate::state::accessed::AccessedBits;
 use crate::state::budget::Frames;
 use crate::state::bufs::BufPool;
 use crate::state::config::Config;
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     pub frames: Frames,
     pub backend: Arc<dyn Backend>,
     pub policy: Mutex<Box<dyn EvictionPolicy>>,
+    /// The accessed-bit counts, read by whoever holds `policy` (taken after it).
+    pub accessed: Mutex<AccessedBits>,
     /// Pages that became resident, waiting to be handed to the policy: the fault path
     /// pushes here without a lock; whoever selects victims drains it first.
     arrivals: crossbeam_queue::ArrayQueue<PageRef>,
@@ -57,6 +60,7 @@ impl Shared {
             backend: config.backend.clone(),
             wants_arrivals: policy.wants_arrivals(),
             policy: Mutex::new(policy),
+            accessed: Mutex::new(AccessedBits::new(config.accessed_bits)),
             arrivals: crossbeam_queue::ArrayQueue::new(ARRIVALS),
             regions: RwLock::new(Vec::new()),
             counters: Counters::default(),

@@ -161,21 +161,60 @@ impl Memfd {
         Ok(())
     }
 
-    /// Maps the whole memfd shared, read-write.
+    /// Maps the whole memfd shared, read-write, at an address that is a multiple of
+    /// [`CHUNK_BYTES`], so that the region's 2 MiB chunks are whole page-table pages and
+    /// each can be a mapping of its own.
     pub fn map(&self, len: usize) -> io::Result<Mapping> {
-        // SAFETY: a fresh mapping chosen by the kernel; the result is checked.
-        let ptr = unsafe {
+        // Reserve room for an aligned start, then map over the aligned part and give the
+        // slack back.
+        let room = len + CHUNK_BYTES;
+        // SAFETY: a fresh reservation chosen by the kernel; the result is checked.
+        let res = unsafe {
             crate::sys::raw::mmap(
                 std::ptr::null_mut(),
+                room,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if res == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let res = res as usize;
+        let at = res.next_multiple_of(CHUNK_BYTES);
+        // SAFETY: [at, at+len) lies inside the reservation just made, which nothing else
+        // uses; MAP_FIXED replaces that part of it.
+        let ptr = unsafe {
+            crate::sys::raw::mmap(
+                at as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE | libc::MAP_FIXED,
                 self.fd.as_raw_fd(),
                 0,
             )
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        let failed = ptr == libc::MAP_FAILED;
+        let err = io::Error::last_os_error();
+        // SAFETY: the slack on either side of [at, at+len) is ours (the reservation);
+        // on failure the whole reservation goes.
+        unsafe {
+            if failed {
+                crate::sys::raw::munmap(res as *mut libc::c_void, room);
+            } else {
+                if at > res {
+                    crate::sys::raw::munmap(res as *mut libc::c_void, at - res);
+                }
+                let tail = res + room - (at + len);
+                if tail > 0 {
+                    crate::sys::raw::munmap((at + len) as *mut libc::c_void, tail);
+                }
+            }
+        }
+        if failed {
+            return Err(err);
         }
         Ok(Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?,
@@ -183,6 +222,10 @@ impl Memfd {
         })
     }
 }
+
+/// The alignment of region mappings, and the span no userfaultfd range may cross (a
+/// region's 2 MiB chunks may be mappings of their own).
+pub const CHUNK_BYTES: usize = 2 << 20;
 
 /// Repeats a positional read or write (`op(done)` returns what the system call did) until
 /// `len` bytes are done, retrying EINTR; the memfd never ends early, so 0 is an error.
@@ -375,6 +418,41 @@ impl Default for Zapper {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Clears the accessed bits of the pages mapped in `[addr, addr+len)` (`MADV_COLD`; it
+/// also moves them to the kernel's inactive list, which matters only if the kernel itself
+/// must reclaim). One TLB flush for the range.
+pub fn cold(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: MADV_COLD changes no content and no mapping; the kernel checks the range.
+    if unsafe { crate::sys::raw::madvise(addr as *mut libc::c_void, len, libc::MADV_COLD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `[addr, addr+len)` a mapping (VMA) of its own, so that `/proc/self/smaps` counts
+/// its pages apart from its neighbours'. It sets `VM_NOHUGEPAGE` (`MADV_NOHUGEPAGE`),
+/// which the kernel does not merge with an unmarked neighbour: marking every other 2 MiB
+/// chunk of a region splits all of them. The flag only says "no transparent huge pages",
+/// which a region (4 KiB pages filled by userfaultfd) never uses anyway.
+pub fn split_mapping(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: MADV_NOHUGEPAGE changes no content and no mapping; the kernel checks the
+    // range.
+    if unsafe { crate::sys::raw::madvise(addr as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) }
+        < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The most mappings a process may have (`vm.max_map_count`; 65530 if unreadable).
+pub fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65530)
 }
 
 /// Makes descriptor number `dst` name what `src` names (dup3, close-on-exec).

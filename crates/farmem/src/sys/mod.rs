@@ -8,5 +8,6 @@ pub mod mem;
 pub mod net;
 pub mod raw;
 pub mod signal;
+pub mod smaps;
 pub mod sud;
 pub mod uffd;

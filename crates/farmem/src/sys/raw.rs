@@ -197,3 +197,71 @@ pub unsafe fn close(fd: i32) -> i32 {
         libc::close(fd)
     }
 }
+
+/// openat(AT_FDCWD, path, flags): opens a file without the C library's `open`, which a
+/// preload may wrap.
+///
+/// # Safety
+/// `path` is NUL-terminated.
+pub unsafe fn open(path: &std::ffi::CStr, flags: i32) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded; the path is NUL-terminated (CStr).
+    unsafe {
+        syscall6(
+            libc::SYS_openat,
+            libc::AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            flags as usize,
+            0,
+            0,
+            0,
+        ) as i32
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::open(path.as_ptr(), flags)
+    }
+}
+
+/// read(2).
+///
+/// # Safety
+/// As read: `buf` is writable for `len` bytes.
+pub unsafe fn read(fd: i32, buf: *mut u8, len: usize) -> isize {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(libc::SYS_read, fd as usize, buf as usize, len, 0, 0, 0)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::read(fd, buf.cast(), len)
+    }
+}
+
+/// lseek(2).
+///
+/// # Safety
+/// `fd` is the caller's own descriptor.
+pub unsafe fn lseek(fd: i32, off: i64, whence: i32) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(
+            libc::SYS_lseek,
+            fd as usize,
+            off as usize,
+            whence as usize,
+            0,
+            0,
+            0,
+        ) as i64
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::lseek(fd, off, whence)
+    }
+}

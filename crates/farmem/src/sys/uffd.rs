@@ -4,6 +4,7 @@
 //! bindings; the ABI is small and stable (linux/userfaultfd.h), so it is spelled out here.
 //! Every other module reaches userfaultfd only through [`Uffd`].
 
+use crate::sys::mem::CHUNK_BYTES;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -172,6 +173,29 @@ fn open_raw(nonblock: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The length of the part of `[at, at+len)` that lies in the chunk of `at`: a fill
+/// ioctl's range must lie inside one mapping, and a region's 2 MiB chunks may be
+/// mappings of their own (`sys::mem::split_mapping`).
+fn piece(at: usize, len: usize) -> usize {
+    let chunk_end = (at / CHUNK_BYTES + 1) * CHUNK_BYTES;
+    len.min(chunk_end - at)
+}
+
+/// Runs `op` on each chunk's part of `[at, at+len)`, stopping at the first error.
+fn each_piece(
+    at: usize,
+    len: usize,
+    mut op: impl FnMut(usize, usize) -> Result<(), FillError>,
+) -> Result<(), FillError> {
+    let mut done = 0;
+    while done < len {
+        let n = piece(at + done, len - done);
+        op(at + done, n)?;
+        done += n;
+    }
+    Ok(())
+}
+
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -256,6 +280,26 @@ impl Uffd {
     /// `src..src+len` must be readable memory of this process that is not in a
     /// userfaultfd-registered range.
     pub unsafe fn copy(&self, dst: usize, src: *const u8, len: usize) -> Result<(), FillError> {
+        let mut done = 0;
+        while done < len {
+            let n = piece(dst + done, len - done);
+            // SAFETY: a part of the caller's range.
+            unsafe { self.copy_within_chunk(dst + done, src.add(done), n)? };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// `copy` of a range that lies inside one chunk.
+    ///
+    /// # Safety
+    /// As `copy`.
+    unsafe fn copy_within_chunk(
+        &self,
+        dst: usize,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), FillError> {
         let mut done = 0usize;
         loop {
             let mut c = UffdioCopy {
@@ -288,6 +332,10 @@ impl Uffd {
 
     /// Maps zeros into the missing range at `dst`.
     pub fn zeropage(&self, dst: usize, len: usize) -> Result<(), FillError> {
+        each_piece(dst, len, |d, l| self.zeropage_within_chunk(d, l))
+    }
+
+    fn zeropage_within_chunk(&self, dst: usize, len: usize) -> Result<(), FillError> {
         let mut z = UffdioZeropage {
             range: UffdioRange {
                 start: dst as u64,
@@ -302,6 +350,10 @@ impl Uffd {
 
     /// Maps the page-cache pages already present behind `[dst, dst+len)` (minor faults).
     pub fn cont(&self, dst: usize, len: usize) -> Result<(), FillError> {
+        each_piece(dst, len, |d, l| self.cont_within_chunk(d, l))
+    }
+
+    fn cont_within_chunk(&self, dst: usize, len: usize) -> Result<(), FillError> {
         let mut c = UffdioContinue {
             range: UffdioRange {
                 start: dst as u64,
