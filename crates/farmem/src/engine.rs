@@ -244,6 +244,7 @@ impl Engine {
             &c.counted_chunks,
             &c.kept_mapped,
             &c.cold_mapped,
+            &c.zero_ahead,
             &c.direct_reclaims,
         ] {
             a.store(0, Relaxed);

@@ -27,6 +27,7 @@ use crate::state::page::{AHEAD, HAS_FAR, KEPT, PREFETCHED, State, Tag, WARM, YOU
 use crate::state::region::{RegionState, next_gen, page_hash};
 use crate::stats::Counters;
 use crate::sys::uffd::{self, FillError, UffdMsg};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 /// The SIGBUS entry point (see `sys::signal`).
@@ -151,21 +152,7 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                 if !w.try_lock(s) {
                     continue;
                 }
-                r.note_touched(page);
-                let mut buf = r.shared.bufs.acquire();
-                reserve_frame(&r.shared, buf.bytes());
-                drop(buf);
-                fill(
-                    || r.uffd.zeropage(page_addr, PAGE_SIZE),
-                    "zero-filling a page (UFFDIO_ZEROPAGE)",
-                );
-                let generation = next_gen(s);
-                w.unlock(State::new(Tag::Active, 0, generation));
-                r.shared.policy_insert(&[PageRef {
-                    region: r.id,
-                    generation,
-                    page,
-                }]);
+                zero_fill(r, page, s);
                 Counters::bump(&c.zero_faults, 1);
                 c.zero_latency.record(t0.elapsed().as_nanos() as u64);
                 return;
@@ -180,6 +167,78 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
             Tag::Locked => unreachable!("wait_unlocked returned a locked page"),
         }
     }
+}
+
+/// The most pages one zero-fill fault maps (128 KiB).
+const MAX_ZERO_RUN: usize = 32;
+
+/// A first touch of `page` (locked by the caller, which read `s`): maps zeros there and,
+/// when the region is being filled front to back, on a run of untouched pages after it,
+/// with one `UFFDIO_ZEROPAGE`.
+///
+/// A growing heap touches its new pages in address order, and each first touch would
+/// otherwise be a fault of its own (a signal and an ioctl, 3-4 us here, against 1.4 us for
+/// the kernel's own anonymous first touch). The run doubles, up to [`MAX_ZERO_RUN`], each
+/// time a fault lands exactly where the last run ended (it was used up), starts at two
+/// when the page below is resident, and is one page otherwise, so a program that touches
+/// memory sparsely gets no more than it touches. The extra pages take only free frames
+/// (never evicting for a guess), count against the budget like any other, and, if never
+/// touched, are evicted as zeros: no far copy, no I/O.
+fn zero_fill(r: &RegionState, page: u64, s: State) {
+    let shared = &r.shared;
+    let mut buf = shared.bufs.acquire();
+    reserve_frame(shared, buf.bytes());
+    drop(buf);
+    let sequential = page == r.zero_next.load(Relaxed);
+    let below = page > 0 && r.states[page as usize - 1].load().is_resident();
+    let window = if sequential {
+        (r.zero_window.load(Relaxed) * 2).clamp(2, MAX_ZERO_RUN as u32)
+    } else if below {
+        2
+    } else {
+        1
+    };
+    r.zero_window.store(window, Relaxed);
+    // Lock the untouched pages after it, as many as free frames allow.
+    let mut states = [State(0); MAX_ZERO_RUN];
+    states[0] = s;
+    let mut n = 1;
+    while n < window as usize && page + (n as u64) < r.pages {
+        let w = &r.states[(page + n as u64) as usize];
+        let q = w.load();
+        if q.tag() != Tag::Untouched || !w.try_lock(q) {
+            break;
+        }
+        states[n] = q;
+        n += 1;
+    }
+    let extra = shared.try_reserve(n - 1);
+    for (i, q) in states.iter().enumerate().take(n).skip(1 + extra) {
+        r.states[(page + i as u64) as usize].unlock(*q);
+    }
+    let n = 1 + extra;
+    r.zero_next.store(page + n as u64, Relaxed);
+    r.note_touched(page + n as u64 - 1);
+    fill(
+        || r.uffd.zeropage(r.page_addr(page), n * PAGE_SIZE),
+        "zero-filling a page (UFFDIO_ZEROPAGE)",
+    );
+    let mut refs = [PageRef {
+        region: r.id,
+        generation: 0,
+        page: 0,
+    }; MAX_ZERO_RUN];
+    for (i, q) in states.iter().enumerate().take(n) {
+        let generation = next_gen(*q);
+        r.states[(page + i as u64) as usize].unlock(State::new(Tag::Active, 0, generation));
+        refs[i] = PageRef {
+            region: r.id,
+            generation,
+            page: page + i as u64,
+        };
+    }
+    shared.policy_insert(&refs[..n]);
+    Counters::bump(&shared.counters.zero_ahead, extra as u64);
 }
 
 fn ok_if_exists(e: FillError) -> Result<(), FillError> {

@@ -119,6 +119,7 @@ pub(crate) struct Counters {
     pub counted_chunks: AtomicU64,
     pub kept_mapped: AtomicU64,
     pub cold_mapped: AtomicU64,
+    pub zero_ahead: AtomicU64,
     pub direct_reclaims: AtomicU64,
     pub peak_resident: AtomicU64,
     pub major_latency: Histogram,
@@ -202,6 +203,8 @@ pub struct Stats {
     /// Mapped pages whose chunk's accessed bits showed them unused for a whole lap:
     /// evicted without first being unmapped to test them.
     pub cold_mapped_pages: u64,
+    /// Pages zero-filled ahead of a first touch, in runs after the faulting page.
+    pub zero_ahead_pages: u64,
     /// Times a faulting thread had to reclaim because no free frame was left.
     pub direct_reclaims: u64,
     /// Pages resident now.
@@ -271,6 +274,7 @@ impl Stats {
             counted_chunks: l(&c.counted_chunks),
             kept_mapped_pages: l(&c.kept_mapped),
             cold_mapped_pages: l(&c.cold_mapped),
+            zero_ahead_pages: l(&c.zero_ahead),
             direct_reclaims: l(&c.direct_reclaims),
             peak_resident_pages: l(&c.peak_resident),
             major_latency: Latency::of(&c.major_latency),
@@ -288,6 +292,11 @@ impl std::fmt::Display for Stats {
             f,
             "faults: {} major, {} minor, {} zero-fill, {} spurious",
             self.major_faults, self.minor_faults, self.zero_faults, self.spurious_faults
+        )?;
+        writeln!(
+            f,
+            "first touches: {} pages zero-filled ahead of use by {} zero-fill faults",
+            self.zero_ahead_pages, self.zero_faults
         )?;
         writeln!(
             f,

@@ -16,7 +16,9 @@ use crate::state::shared::Shared;
 use crate::sys::mem::{Mapping, Memfd};
 use crate::sys::uffd::{self, Uffd};
 use crate::{Advice, Error, FaultMode, PrefetchKind};
-use std::sync::atomic::{AtomicI32, AtomicIsize, AtomicU8, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{
+    AtomicI32, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub(crate) struct RegionState {
@@ -36,6 +38,10 @@ pub(crate) struct RegionState {
     /// One past the highest page ever touched: sweeps and fork stop here, so that a
     /// huge sparse region costs only what was used.
     high: AtomicU64,
+    /// Where the last zero-fill run ended, and its length (the fault path's
+    /// `zero_fill` grows runs along a region filled front to back).
+    pub zero_next: AtomicU64,
+    pub zero_window: AtomicU32,
     /// Chunks `[0, split)` are mappings of their own (see `split_through`).
     split: AtomicU64,
     /// Per chunk: hot-set pages found unused but left mapped since the chunk's last full
@@ -160,6 +166,8 @@ impl RegionState {
             advice: RwLock::new(Vec::new()),
             hook: RwLock::new(None),
             high: AtomicU64::new(0),
+            zero_next: AtomicU64::new(u64::MAX),
+            zero_window: AtomicU32::new(1),
             split: AtomicU64::new(0),
             chunk_debt,
             stop_fd: AtomicI32::new(-1),
