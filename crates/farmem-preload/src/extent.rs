@@ -1,6 +1,6 @@
 //! Object extents: for each page of the far heap, the mid-sized block covering it. The
-//! prefetch upcall uses it: a major fault inside a block of 8 KiB to 256 KiB brings in
-//! the rest of the block at once, and nothing past it.
+//! prefetch upcall uses it: a major fault inside a block of 2 KiB to 256 KiB that goes on
+//! past the faulting page brings in the rest of the block at once, and nothing past it.
 //!
 //! That is what a program that reads whole objects needs (Redis copying a value into its
 //! reply): Linux-style readahead has to rediscover every object's length by growing its
@@ -22,8 +22,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-/// Blocks from this size up get entries...
-pub(crate) const MIN: usize = 8 << 10;
+/// Blocks from this size up get entries (from half a page, most cross a page boundary:
+/// Redis's 4 KiB values span two or three pages, and a fault on the first needs the
+/// others; readahead's guess after them was right for a third of the pages it fetched)...
+pub(crate) const MIN: usize = 2 << 10;
 /// ...up to this size.
 pub(crate) const MAX: usize = 256 << 10;
 
@@ -121,6 +123,16 @@ pub(crate) fn forget(addr: usize, usable: usize) {
             let _ = e.compare_exchange(v, 0, Relaxed, Relaxed);
         }
     }
+}
+
+/// The recorded block that covers the page before `addr`'s and ends on `addr`'s page (a
+/// page shared by a block's tail and the next block's head holds the next block's
+/// entry): its start and the end of its last page.
+#[inline]
+pub(crate) fn block_ending_on(addr: usize) -> Option<(usize, usize)> {
+    let page = addr & !(PAGE - 1);
+    let (start, end) = block_at(page.checked_sub(1)?)?;
+    (end > page).then_some((start, end))
 }
 
 /// The recorded block at `addr` (an address in the heap at `base`): its start and the

@@ -236,6 +236,7 @@ impl Engine {
             &c.prefetched,
             &c.prefetch_hits,
             &c.prefetch_unused,
+            &c.prefetch_throttled,
             &c.written_back,
             &c.dropped_clean,
             &c.evicted_zero,

@@ -137,9 +137,12 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                     // Mapped ahead, demoted before its run's marker was reached, and now
                     // touched: it was used.
                     Counters::bump(&c.prefetch_hits, 1);
+                    r.throttle.used(1);
                 }
                 if s.prefetched() {
-                    Counters::bump(&c.prefetch_hits, 1 + confirm_ahead(r, page));
+                    let used = 1 + confirm_ahead(r, page);
+                    Counters::bump(&c.prefetch_hits, used);
+                    r.throttle.used(used);
                     let mut cands = Candidates::new();
                     gather(r, addr, page, write, true, &mut cands);
                     if !cands.is_empty() {
@@ -277,10 +280,21 @@ fn gather(r: &RegionState, addr: usize, page: u64, write: bool, hit: bool, out: 
         write,
         hit,
     };
+    let before = out.len();
     r.prefetcher
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .on_fault(&info, out);
+    // The prefetcher still sees every fault (its streams stay right), but may only have
+    // as many pages as its recent accuracy earns.
+    let cap = r.throttle.cap();
+    if out.len() > before + cap {
+        Counters::bump(
+            &r.shared.counters.prefetch_throttled,
+            (out.len() - before - cap) as u64,
+        );
+        out.truncate(before + cap);
+    }
 }
 
 /// Pages fetched ahead on every fault in a range advised `Sequential`.
@@ -528,5 +542,6 @@ fn bring_in(
     let c = &shared.counters;
     Counters::bump(&c.fetched, got as u64);
     Counters::bump(&c.prefetched, (got - framed) as u64);
+    r.throttle.issued((got - framed) as u64);
     got
 }

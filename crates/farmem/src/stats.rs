@@ -110,6 +110,7 @@ pub(crate) struct Counters {
     pub prefetched: AtomicU64,
     pub prefetch_hits: AtomicU64,
     pub prefetch_unused: AtomicU64,
+    pub prefetch_throttled: AtomicU64,
     pub evicted: CachePadded<AtomicU64>,
     pub written_back: AtomicU64,
     pub dropped_clean: AtomicU64,
@@ -183,6 +184,8 @@ pub struct Stats {
     pub prefetch_hits: u64,
     /// Prefetched pages evicted untouched.
     pub prefetch_unused: u64,
+    /// Pages the prefetcher asked for that its accuracy cap left out.
+    pub prefetch_throttled: u64,
     /// Pages evicted from local memory.
     pub evicted_pages: u64,
     /// Of those, pages written to the far tier (dirty).
@@ -265,6 +268,7 @@ impl Stats {
             prefetched_pages: l(&c.prefetched),
             prefetch_hits: l(&c.prefetch_hits),
             prefetch_unused: l(&c.prefetch_unused),
+            prefetch_throttled: l(&c.prefetch_throttled),
             evicted_pages: l(&c.evicted),
             written_back_pages: l(&c.written_back),
             dropped_clean_pages: l(&c.dropped_clean),
@@ -308,11 +312,12 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "fetched {} pages; prefetched {} (accuracy {:.0}%, coverage {:.0}%)",
+            "fetched {} pages; prefetched {} (accuracy {:.0}%, coverage {:.0}%); {} left out by the accuracy cap",
             self.fetched_pages,
             self.prefetched_pages,
             self.prefetch_accuracy() * 100.0,
-            self.prefetch_coverage() * 100.0
+            self.prefetch_coverage() * 100.0,
+            self.prefetch_throttled
         )?;
         writeln!(
             f,

@@ -20,10 +20,12 @@
 mod majority;
 mod readahead;
 mod request;
+mod throttle;
 
 pub use majority::Majority;
 pub use readahead::Readahead;
 pub use request::{PrefetchHook, PrefetchRequest};
+pub(crate) use throttle::Throttle;
 
 /// The most pages one fault may ask to prefetch.
 pub const MAX_PREFETCH: usize = 64;
@@ -91,6 +93,11 @@ impl Candidates {
     /// Empties the list.
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+
+    /// Keeps only the first `len` pages.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 }
 

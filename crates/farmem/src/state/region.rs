@@ -10,7 +10,7 @@
 
 use crate::backend::{PAGE_SIZE, PageKey};
 use crate::policy::CHUNK_PAGES;
-use crate::prefetch::{Majority, NoPrefetch, PrefetchHook, Prefetcher, Readahead};
+use crate::prefetch::{Majority, NoPrefetch, PrefetchHook, Prefetcher, Readahead, Throttle};
 use crate::state::page::{PageWord, State, zeroed_table};
 use crate::state::shared::Shared;
 use crate::sys::mem::{Mapping, Memfd};
@@ -33,6 +33,8 @@ pub(crate) struct RegionState {
     far_hashes: Box<[AtomicU64]>,
     pub shared: Arc<Shared>,
     pub prefetcher: Mutex<Box<dyn Prefetcher>>,
+    /// How much the prefetcher may ask for, from how much of its recent work was used.
+    pub throttle: Throttle,
     pub advice: RwLock<Vec<(u64, u64, Advice)>>,
     pub hook: RwLock<Option<Arc<PrefetchHook>>>,
     /// One past the highest page ever touched: sweeps and fork stop here, so that a
@@ -163,6 +165,7 @@ impl RegionState {
             far_hashes,
             shared: shared.clone(),
             prefetcher: Mutex::new(prefetcher),
+            throttle: Throttle::default(),
             advice: RwLock::new(Vec::new()),
             hook: RwLock::new(None),
             high: AtomicU64::new(0),

@@ -1,0 +1,111 @@
+//! The accuracy throttle: how many pages a region's prefetcher may ask for per fault,
+//! from how many of the pages it brought in lately were used.
+//!
+//! A guess that misses costs a fetch, a frame (something else is evicted for it) and its
+//! install; one that hits saves a major fault. On a program whose objects span a page or
+//! two at random places (Redis values of a few KiB), readahead's bet on the next pages is
+//! right for the object's own next page and wrong for the rest: measured at 33% on
+//! redis-benchmark. So every [`EPOCH`] prefetched pages the share used in that time sets
+//! the cap for the next epoch: all of what the prefetcher asks at half or more, 4 pages
+//! at 30%, 1 at 15%, none below (every [`PROBE`]th fault may still take one page, so
+//! that a program whose access pattern changes is noticed).
+//!
+//! Only the prefetcher's and advice's guesses are capped, not what the application's
+//! upcall asks for (the object prefetch knows where an object ends).
+//!
+//! Counters are relaxed atomics; two threads ending an epoch at once both recompute the
+//! cap from nearly the same figures, which is harmless.
+
+use super::MAX_PREFETCH;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Prefetched pages per measurement.
+pub(crate) const EPOCH: u64 = 256;
+/// With the cap at 0, one fault in this many may still prefetch one page.
+pub(crate) const PROBE: u32 = 32;
+
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    issued: AtomicU64,
+    used: AtomicU64,
+    /// `issued` and `used` when the current epoch began.
+    epoch_issued: AtomicU64,
+    epoch_used: AtomicU64,
+    cap: AtomicU32,
+    calls: AtomicU32,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            issued: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            epoch_issued: AtomicU64::new(0),
+            epoch_used: AtomicU64::new(0),
+            cap: AtomicU32::new(MAX_PREFETCH as u32),
+            calls: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Throttle {
+    /// Pages the prefetcher may add for this fault.
+    pub(crate) fn cap(&self) -> usize {
+        match self.cap.load(Relaxed) {
+            0 if self.calls.fetch_add(1, Relaxed).is_multiple_of(PROBE) => 1,
+            c => c as usize,
+        }
+    }
+
+    /// `n` prefetched pages came in.
+    pub(crate) fn issued(&self, n: u64) {
+        let now = self.issued.fetch_add(n, Relaxed) + n;
+        let start = self.epoch_issued.load(Relaxed);
+        if now < start + EPOCH {
+            return;
+        }
+        let used = self.used.load(Relaxed);
+        let share =
+            used.saturating_sub(self.epoch_used.load(Relaxed)) as f64 / (now - start) as f64;
+        let cap = if share >= 0.5 {
+            MAX_PREFETCH as u32
+        } else if share >= 0.3 {
+            4
+        } else if share >= 0.15 {
+            1
+        } else {
+            0
+        };
+        self.cap.store(cap, Relaxed);
+        self.epoch_issued.store(now, Relaxed);
+        self.epoch_used.store(used, Relaxed);
+    }
+
+    /// `n` prefetched pages were touched.
+    pub(crate) fn used(&self, n: u64) {
+        self.used.fetch_add(n, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_follows_the_share_used() {
+        let t = Throttle::default();
+        assert_eq!(t.cap(), MAX_PREFETCH);
+        // An epoch at 10%: nothing but probes.
+        t.used(EPOCH / 10);
+        t.issued(EPOCH);
+        let allowed: usize = (0..PROBE * 4).map(|_| t.cap()).sum();
+        assert_eq!(allowed, 4, "one page per {PROBE} faults");
+        // An epoch at 35%, then one at 80%.
+        t.used(EPOCH * 35 / 100);
+        t.issued(EPOCH);
+        assert_eq!(t.cap(), 4);
+        t.used(EPOCH * 8 / 10);
+        t.issued(EPOCH);
+        assert_eq!(t.cap(), MAX_PREFETCH);
+    }
+}
