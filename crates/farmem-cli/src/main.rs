@@ -5,11 +5,13 @@ mod bench_cmd;
 mod bench_redis;
 mod bench_remote;
 mod demo;
+mod farmem_stats;
 mod floor;
 mod node_child;
 mod opts;
 mod run;
 mod serve;
+mod table;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -95,8 +97,12 @@ enum Command {
     #[command(name = "node-status")]
     NodeStatus(serve::NodeStatusArgs),
     /// Reads `farmem bench --json`, `farmem bench-redis --json` or `farmem bench-cmd --json`
-    /// lines on stdin and prints their medians and ratios.
-    Summarize,
+    /// lines (from FILEs, or stdin) and prints their medians and ratios.
+    ///
+    /// With --table, prints one markdown table of bench-cmd and bench-redis records (mixed
+    /// freely): a row per workload and budget with the medians of farmem, Linux swap and
+    /// all-local, farmem's ratios to both, and the fault rates behind them.
+    Summarize(table::SummarizeArgs),
     /// Internal: runs a workload all-local in this process (the Linux-swap child).
     #[command(hide = true, name = "__worker")]
     Worker {
@@ -117,7 +123,7 @@ fn main() {
         Command::Run(a) => run::run(a),
         Command::Serve(a) => serve::serve(a),
         Command::NodeStatus(a) => serve::node_status(a),
-        Command::Summarize => bench::summarize_stdin(),
+        Command::Summarize(a) => table::summarize(a),
         Command::Worker { job } => worker::run(&job),
     };
     if let Err(e) = result {
