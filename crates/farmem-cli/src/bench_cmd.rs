@@ -373,6 +373,8 @@ const TAIL_LINES: usize = 12;
 const POLL: Duration = Duration::from_millis(10);
 /// How often a starting server's port is tried.
 const READY_POLL: Duration = Duration::from_millis(50);
+/// How long a failed client's server is given to show that it died first.
+const SERVER_DEATH_WAIT: Duration = Duration::from_millis(200);
 /// The smallest budget farmem takes, bytes.
 const MIN_BUDGET: u64 = farmem::MIN_BUDGET_PAGES as u64 * 4096;
 
@@ -892,7 +894,13 @@ impl Plan<'_> {
                     timed_out = true;
                 }
             }
-            client_exec = Some(client.finish(timed_out)?);
+            let c = client.finish(timed_out)?;
+            if !c.status.success() && !server_gone {
+                // A client that failed may have lost a server that died a moment earlier:
+                // give its reaper time to say so, as the server is then the cause.
+                server.wait_for(SERVER_DEATH_WAIT)?;
+            }
+            client_exec = Some(c);
         }
         let mut stopped_by = None;
         if !server.exited()? {
@@ -908,9 +916,9 @@ impl Plan<'_> {
                 }
             }
         } else if problem.is_none() && !server.status().is_some_and(|s| s.success()) {
-            // It died after the client's last poll but before the stop.
+            // It died after the client's last poll, but before the stop.
             problem = Some(format!(
-                "{name} {} before it was stopped",
+                "{name} {} while the client was running",
                 describe_status(server.status())
             ));
         }
