@@ -647,9 +647,15 @@ fn emit(a: &BenchRedisArgs, r: &RedisRecord) {
 }
 
 fn run_line(r: &RedisRecord) -> String {
+    // With --local-of footprint, the fraction of the footprint (none for all-local).
+    let local = match (r.footprint_frac, r.footprint_bytes) {
+        (Some(f), _) => crate::bench_cmd::pct(f),
+        (None, Some(_)) => "-".into(),
+        (None, None) => r.local_fraction.to_string(),
+    };
     let head = format!(
         "  local {:<6} ({:>9})  run {:>2}  {:<10}",
-        r.local_fraction,
+        local,
         opts::human(r.local_bytes),
         r.run,
         r.system.as_str()
