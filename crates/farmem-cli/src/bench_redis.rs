@@ -120,11 +120,6 @@ pub fn run(a: BenchRedisArgs) -> Result<()> {
         }
     }
     let budgets: Vec<(f64, u64)> = a.local.iter().map(|&f| (f, budget(f, a.dataset))).collect();
-    if a.local_of == LocalOf::Footprint && !systems.contains(&System::AllLocal) {
-        bail!(
-            "--local-of footprint takes fractions of all-local's peak RSS: keep all-local in --systems"
-        );
-    }
     if systems.contains(&System::Farmem) {
         let smallest = budgets.iter().map(|b| b.1).min().unwrap_or(a.dataset);
         preflight_farmem(&a, smallest)?;
@@ -279,6 +274,11 @@ fn validate(a: &BenchRedisArgs) -> Result<()> {
     }
     if a.dataset < 4096 {
         bail!("--dataset must be at least 4 KiB");
+    }
+    if a.local_of == LocalOf::Footprint && !a.systems.contains(&System::AllLocal) {
+        bail!(
+            "--local-of footprint takes fractions of all-local's peak RSS: keep all-local in --systems"
+        );
     }
     Ok(())
 }
