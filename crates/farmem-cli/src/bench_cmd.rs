@@ -50,7 +50,7 @@ use std::time::Duration;
     after_help = "The speed-up is how many times better farmem's median metric is than the other system's, in the metric's own direction: above 1, farmem did better.\n\n\
 A run that exits non-zero, whose output --metric does not match, or whose output --reject matches, is a failed run: its error and the end of its output are shown, the other runs go on, and the command exits with status 1. A Linux-swap run stopped by the kernel's OOM killer is reported as OOM-killed, and a run stopped by --timeout as timed out; neither counts in the medians.\n\n\
 Servers (--client CMD): PROGRAM is started under each system and, once 127.0.0.1:PORT accepts a connection (--port; the check opens and closes one connection), CMD runs with `sh -c`, plainly: outside the memory cgroup and without farmem. The metrics, --reject and the wall time come from CMD's output; when CMD exits, the server's process group gets SIGTERM, then SIGKILL after --stop-grace. A server that exits on its own before that (other than with status 0) is a failed run; under Linux swap, an OOM-killed one is reported as such. Max RSS, faults and farmem's stats are the server's: start the server itself, or a script that execs it, so that SIGTERM reaches it and farmem's summary at exit is printed.\n\n\
-Faults: farmem's own (from `farmem run --stats`: major = waits for the far tier, minor = touches of resident pages it tracks, zero-fill; prefetched pages are not faults), the memory cgroup's for Linux swap (pgmajfault = swap-ins, and pgfault - pgmajfault), the kernel's rusage for all-local (and beside farmem's). The JSON records hold each count and the seconds it covers (the program's run, or the server's life). Max RSS is the kernel's peak resident set size of the program: under farmem it includes the far tier when that is process memory (mem:, compressed:), under Linux swap it leaves out what zram holds.\n\n\
+Faults: farmem's own (from `farmem run --stats`: major = waits for the far tier; minor = a resident page mapped again on touch, after CLOCK unmapped it or a prefetch brought it; zero-fill = first touches), the memory cgroup's for Linux swap (pgmajfault = swap-ins, and pgfault - pgmajfault), the kernel's rusage for all-local (and beside farmem's). The JSON records hold each count and the seconds it covers (the program's run, or the server's life). Max RSS is the kernel's peak resident set size of the program: under farmem it includes the far tier when that is process memory (mem:, compressed:), under Linux swap it leaves out what zram holds.\n\n\
 Examples:\n  \
 farmem bench-cmd --local-mem 256M --metric 'sort ([0-9.]+) s' -- ./quicksort --size 1G\n  \
 farmem bench-cmd --local-mem 256M --metric '([0-9.]+) updates/s' --higher-is-better -- ./skewed\n  \
@@ -61,9 +61,9 @@ farmem bench-cmd --local-frac 0.25,1 --port 7100 --higher-is-better \\\n      \
 --metric 'SET: ([0-9.]+) requests per second' --metric-name 'SET req/s' \\\n      \
 --metric 'GET: ([0-9.]+) requests per second' --metric-name 'GET req/s' \\\n      \
 -- redis-server --port 7100 --save '' --appendonly no\n  \
-farmem bench-cmd --local-mem 64M --port 11300 --client 'memcaslap -s 127.0.0.1:11300 -x 100000 -v 1' \\\n      \
---metric 'TPS: ([0-9]+)' --higher-is-better --reject '(verify_misses|verify_failed): [1-9]' \\\n      \
--- memcached -u root -t 4 -m 1024 -p 11300"
+farmem bench-cmd --local-mem 64M --port 11300 --higher-is-better \\\n      \
+--client 'memcaslap -s 127.0.0.1:11300 -x 100000 -v 1' --metric 'TPS: ([0-9]+)' \\\n      \
+--reject '(verify_misses|verify_failed): [1-9]' -- memcached -u root -t 4 -m 1024 -p 11300"
 )]
 pub struct BenchCmdArgs {
     /// The local memory budget (K/M/G suffixes): farmem's `--local-mem` and the Linux-swap
@@ -224,7 +224,7 @@ pub struct CmdRecord {
     /// `--local-frac`: the footprint, all-local's maximum RSS in run 1, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub footprint_bytes: Option<u64>,
-    /// farmem's minor faults (`--stats`: touches of resident pages it tracks).
+    /// farmem's minor faults (`--stats`: resident pages mapped again on touch).
     #[serde(default)]
     pub farmem_minor_faults: Option<u64>,
     /// farmem's major faults (`--stats`: waits for the far tier).

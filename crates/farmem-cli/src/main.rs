@@ -65,9 +65,12 @@ enum Command {
     /// Runs PROGRAM under `farmem run --local-mem LOCAL_MEM --stats` (farmem), in a memory
     /// cgroup capped at LOCAL_MEM swapping to zram (linux-swap; set up and torn down here,
     /// root needed) and plainly (all-local), the systems taking turns in each of --runs
-    /// runs. Reports, per run and as medians, the wall time, the metric (--metric REGEX
-    /// reads it from the program's output; default: wall seconds), major faults and
+    /// runs. Reports, per run and as medians, the wall time, the metrics (each --metric
+    /// REGEX reads one from the program's output; default: wall seconds), faults and
     /// maximum RSS, and farmem's speed-up over the other two (above 1: farmem did better).
+    /// --local-frac takes the budgets as fractions of all-local's maximum RSS instead.
+    /// With --client CMD, PROGRAM is a server under each system and CMD, run plainly, its
+    /// load, from whose output the metrics come.
     #[command(name = "bench-cmd")]
     BenchCmd(bench_cmd::BenchCmdArgs),
     /// The remote tier beside the network's floor: starts a memory node (`farmem serve`)

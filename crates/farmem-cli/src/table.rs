@@ -15,7 +15,7 @@ use std::path::PathBuf;
 /// Options of `farmem summarize`.
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  farmem bench-cmd --json ... > run.jsonl; farmem summarize < run.jsonl\n  farmem summarize --table bench-results/apps-*.jsonl\n\nThe table's local % is the budget as a share of the workload's footprint (all-local's maximum RSS) where the records hold it (bench-cmd --local-frac, bench-redis --local-of footprint), else of what the records were given (a fixed budget, or bench-redis's dataset). Fault rates are medians over the runs that finished, each run's count divided by the seconds it covers: farmem's own minor and major faults (`farmem run --stats`), and the Linux-swap memory cgroup's major faults (swap-ins)."
+    after_help = "Examples:\n  farmem bench-cmd --json ... > run.jsonl; farmem summarize < run.jsonl\n  farmem summarize --table bench-results/apps-*.jsonl\n\nThe table's local % is the budget as a share of the workload's footprint, all-local's maximum RSS (in the first run with bench-cmd --local-frac and bench-redis --local-of footprint; the median over the records with a fixed --local-mem), or, for bench-redis --local-of dataset, of the dataset's values. Fault rates are medians over the runs that finished, each run's count divided by the seconds it covers: farmem's own minor and major faults (`farmem run --stats`), and the Linux-swap memory cgroup's major faults (swap-ins)."
 )]
 pub struct SummarizeArgs {
     /// One markdown table of every row (bench-cmd and bench-redis records, mixed).
