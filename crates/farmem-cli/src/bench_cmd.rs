@@ -1097,6 +1097,8 @@ impl<'b> SwapProbe<'b> {
         rec.faults = Some(major);
         rec.linux_major_faults = Some(major);
         rec.linux_minor_faults = Some(all.saturating_sub(major));
+        rec.set_extra("cgroup_pgfault", all);
+        rec.set_extra("cgroup_pgmajfault", major);
         rec.set_extra("pswpin", delta(&self.vm0, &vm1, "pswpin"));
         rec.set_extra("pswpout", delta(&self.vm0, &vm1, "pswpout"));
         rec.set_extra("cgroup_max_usage_bytes", b.max_usage_bytes()?);

@@ -48,8 +48,12 @@ pub fn summarize(a: SummarizeArgs) -> Result<()> {
     }
     let obs = observations(&lines)?;
     print!("{}", render(&obs));
+    println!("\n{NOTE}");
     Ok(())
 }
+
+/// What the table's columns mean, printed under it.
+const NOTE: &str = "Medians of the runs that finished. farmem/Linux and farmem/all-local are farmem's speed-ups: above 1, farmem did better, for times and rates alike. Fault rates are per second of the program's run (of a server's life): farmem's own minor and major faults (`farmem run --stats`), and the Linux-swap memory cgroup's major faults (swap-ins).";
 
 /// Which budget a row is at.
 #[derive(Clone, Copy, Debug, PartialEq)]

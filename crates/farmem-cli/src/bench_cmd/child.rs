@@ -36,7 +36,7 @@ pub(super) struct Running {
     start: Instant,
     rx: mpsc::Receiver<std::io::Result<Reaped>>,
     reaped: Option<Reaped>,
-    drain: JoinHandle<Vec<u8>>,
+    drain: Option<JoinHandle<Vec<u8>>>,
     // Held so that its handles close only when the run is over; never waited through.
     _child: Child,
 }
@@ -88,7 +88,7 @@ impl Running {
             start,
             rx,
             reaped: None,
-            drain,
+            drain: Some(drain),
             _child: child,
         })
     }
@@ -153,7 +153,7 @@ impl Running {
 
     /// After it has exited (see [`Running::wait_for`]): kills what it left running in its
     /// group, which would hold the output pipe open, and collects its output and rusage.
-    pub fn finish(self, timed_out: bool) -> Result<Exec> {
+    pub fn finish(mut self, timed_out: bool) -> Result<Exec> {
         let Some(((raw, ru), end)) = self.reaped else {
             bail!(
                 "internal error: process {} collected before it exited",
@@ -161,7 +161,11 @@ impl Running {
             );
         };
         self.signal_group(libc::SIGKILL);
-        let output = self.drain.join().unwrap_or_default();
+        let output = self
+            .drain
+            .take()
+            .and_then(|d| d.join().ok())
+            .unwrap_or_default();
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
         Ok(Exec {
             status: ExitStatus::from_raw(raw),
@@ -174,6 +178,15 @@ impl Running {
             user_s: secs(ru.ru_utime),
             sys_s: secs(ru.ru_stime),
         })
+    }
+}
+
+impl Drop for Running {
+    /// A child given up on (an error on the way) does not outlive the measurement.
+    fn drop(&mut self) {
+        if self.reaped.is_none() {
+            self.signal_group(libc::SIGKILL);
+        }
     }
 }
 
