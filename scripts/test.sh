@@ -25,6 +25,11 @@ if ! command -v redis-server >/dev/null; then
         echo "scripts/test.sh: warning: could not install redis-server; the Redis tests will say they were skipped" >&2
 fi
 
+# redis-tools, memcached and libmemcached-tools (the application suite's clients and server,
+# scripts/bench-apps.sh) are not installed here: no test needs them. bench-cmd's server-mode
+# tests (crates/farmem-cli/tests/bench_cmd.rs) bring their own tiny server and client
+# (tests/support/countserver.c, built with gcc), and bench-apps.sh installs what it uses.
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q

@@ -374,7 +374,6 @@ fn run_linux_swap(a: &BenchArgs) -> Result<BenchRecord> {
     Ok(rec)
 }
 
-/// `farmem summarize`: medians of JSON lines read from stdin.
 /// Parses one `farmem KIND --json` record per non-empty line; an error names the line,
 /// and no records at all is an error that says what to pipe in.
 pub fn parse_records<T>(
@@ -396,21 +395,21 @@ pub fn parse_records<T>(
     Ok(all)
 }
 
-pub fn summarize_stdin() -> Result<()> {
-    let lines: Vec<String> = std::io::stdin().lines().collect::<Result<_, _>>()?;
-    // bench-redis records carry a workload, bench-cmd records a command; bench records a
-    // pattern.
+/// `farmem summarize` without --table: the medians of one kind of record (told apart by
+/// the first line: bench-redis records carry a workload, bench-cmd records a command,
+/// bench records a pattern).
+pub fn summarize_lines(lines: &[String]) -> Result<()> {
     let first = lines
         .iter()
         .find(|l| !l.trim().is_empty())
         .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
     if first.as_ref().is_some_and(|v| v.get("workload").is_some()) {
-        return crate::bench_redis::summarize_lines(&lines);
+        return crate::bench_redis::summarize_lines(lines);
     }
     if first.as_ref().is_some_and(|v| v.get("command").is_some()) {
-        return crate::bench_cmd::summarize_lines(&lines);
+        return crate::bench_cmd::summarize_lines(lines);
     }
-    let all = parse_records(&lines, "bench", BenchRecord::from_json_line)?;
+    let all = parse_records(lines, "bench", BenchRecord::from_json_line)?;
     summary(&all);
     Ok(())
 }

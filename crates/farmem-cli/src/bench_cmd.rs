@@ -2,39 +2,81 @@
 //! memory cgroup capped at the same budget, swapping to zram) and all-local, interleaved in
 //! one invocation, with the medians and farmem's speed-up over the other two.
 //!
-//! Each run of each system records the wall time, how the program ended, and the metric:
-//! the number that `--metric REGEX`'s one capture group finds in the program's output (its
-//! stdout and stderr, read from one pipe), or the wall time without `--metric`. Every run
-//! is a child in its own process group (a timeout kills the group); `wait4` gives its
-//! rusage (maximum RSS, major faults, CPU time).
+//! Each run of each system records the wall time, how the program ended, and the metrics:
+//! the numbers that each `--metric REGEX`'s one capture group finds in the program's output
+//! (its stdout and stderr, read from one pipe), or the wall time without `--metric`; one
+//! record per metric. Every run is a child in its own process group (a timeout kills the
+//! group); `wait4` gives its rusage (maximum RSS, faults, CPU time).
+//!
+//! With `--client CMD` the program is a server, run under each system, and CMD its load,
+//! run plainly (outside the memory cgroup, without farmem):
+//!
+//! ```text
+//!   server under the system ──> 127.0.0.1:PORT accepts? ──> sh -c CMD (the metrics) ──> exits
+//!        │  dies on its own: failed run (OOM-killed under Linux swap)                     │
+//!        └──── SIGTERM to its group, SIGKILL after the grace ◄────────────────────────────┘
+//! ```
+//!
+//! The record's figures (maximum RSS, faults, farmem's stats) are then the server's, its
+//! metrics and wall time the client's. With `--local-frac` the budgets are fractions of the
+//! footprint, all-local's maximum RSS in the first run.
 
-use crate::opts;
+mod child;
+mod report;
+
+pub(crate) use report::{num, pct, shell_join, thousands};
+pub use report::{speedup, summarize_lines};
+
+use crate::{farmem_stats, opts};
 use anyhow::{Context, Result, anyhow, bail};
-use clap::Args;
+use child::{Exec, Running};
+use clap::{ArgGroup, Args};
 use farmem_bench::System;
 use farmem_bench::linux_swap::{self, SwapBaseline, SwapConfig};
-use farmem_bench::median;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus};
+use std::time::Duration;
 
 /// Options of `farmem bench-cmd`.
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "The speed-up is how many times better farmem's median metric is than the other system's, in the metric's own direction: above 1, farmem did better.\n\nA run that exits non-zero, or whose output --metric does not match, is a failed run: its error and the end of its output are shown, the other runs go on, and the command exits with status 1. A Linux-swap run stopped by the kernel's OOM killer is reported as OOM-killed, and a run stopped by --timeout as timed out; neither counts in the medians.\n\nMajor faults: farmem's own (from `farmem run --stats`; prefetched pages are not faults), the memory cgroup's for Linux swap (swap-ins), the kernel's for all-local. Max RSS is the kernel's peak resident set size of the program: under farmem it includes the far tier when that is process memory (mem:, compressed:), under Linux swap it leaves out what zram holds.\n\nExamples:\n  farmem bench-cmd --local-mem 256M --metric 'sort ([0-9.]+) s' -- ./quicksort --size 1G\n  farmem bench-cmd --local-mem 256M --metric '([0-9.]+) updates/s' --higher-is-better -- ./skewed\n  farmem bench-cmd --local-mem 64M --systems farmem,all-local --runs 1 -- python3 job.py"
+    group(ArgGroup::new("budget").required(true).args(["local_mem", "local_frac"])),
+    after_help = "The speed-up is how many times better farmem's median metric is than the other system's, in the metric's own direction: above 1, farmem did better.\n\n\
+A run that exits non-zero, whose output --metric does not match, or whose output --reject matches, is a failed run: its error and the end of its output are shown, the other runs go on, and the command exits with status 1. A Linux-swap run stopped by the kernel's OOM killer is reported as OOM-killed, and a run stopped by --timeout as timed out; neither counts in the medians.\n\n\
+Servers (--client CMD): PROGRAM is started under each system and, once 127.0.0.1:PORT accepts a connection (--port; the check opens and closes one connection), CMD runs with `sh -c`, plainly: outside the memory cgroup and without farmem. The metrics, --reject and the wall time come from CMD's output; when CMD exits, the server's process group gets SIGTERM, then SIGKILL after --stop-grace. A server that exits on its own before that (other than with status 0) is a failed run; under Linux swap, an OOM-killed one is reported as such. Max RSS, faults and farmem's stats are the server's: start the server itself, or a script that execs it, so that SIGTERM reaches it and farmem's summary at exit is printed.\n\n\
+Faults: farmem's own (from `farmem run --stats`: major = waits for the far tier; minor = a resident page mapped again on touch, after CLOCK unmapped it or a prefetch brought it; zero-fill = first touches), the memory cgroup's for Linux swap (pgmajfault = swap-ins, and pgfault - pgmajfault), the kernel's rusage for all-local (and beside farmem's). The JSON records hold each count and the seconds it covers (the program's run, or the server's life). Max RSS is the kernel's peak resident set size of the program: under farmem it includes the far tier when that is process memory (mem:, compressed:), under Linux swap it leaves out what zram holds.\n\n\
+Examples:\n  \
+farmem bench-cmd --local-mem 256M --metric 'sort ([0-9.]+) s' -- ./quicksort --size 1G\n  \
+farmem bench-cmd --local-mem 256M --metric '([0-9.]+) updates/s' --higher-is-better -- ./skewed\n  \
+farmem bench-cmd --local-frac 0.25,0.5,1,2 --metric 'build ([0-9.]+) s' --metric-name build-s \\\n      \
+--metric 'lookup ([0-9.]+) s' --metric-name lookup-s -- python3 scripts/apps/pydict.py\n  \
+farmem bench-cmd --local-frac 0.25,1 --port 7100 --higher-is-better \\\n      \
+--client 'redis-benchmark -p 7100 -t set,get -r 100000 -n 200000 -d 1024 -q' \\\n      \
+--metric 'SET: ([0-9.]+) requests per second' --metric-name 'SET req/s' \\\n      \
+--metric 'GET: ([0-9.]+) requests per second' --metric-name 'GET req/s' \\\n      \
+-- redis-server --port 7100 --save '' --appendonly no\n  \
+farmem bench-cmd --local-mem 64M --port 11300 --higher-is-better \\\n      \
+--client 'memcaslap -s 127.0.0.1:11300 -x 100000 -v 1' --metric 'TPS: ([0-9]+)' \\\n      \
+--reject '(verify_misses|verify_failed): [1-9]' -- memcached -u root -t 4 -m 1024 -p 11300"
 )]
 pub struct BenchCmdArgs {
     /// The local memory budget (K/M/G suffixes): farmem's `--local-mem` and the Linux-swap
     /// memory cgroup's limit. all-local runs without a limit.
     #[arg(long, value_name = "SIZE", value_parser = opts::size)]
-    pub local_mem: u64,
+    pub local_mem: Option<u64>,
+    /// Budgets as fractions of the program's footprint instead of --local-mem,
+    /// comma-separated (e.g. 0.25,0.5,1,2). In each run all-local goes first; the
+    /// footprint is the maximum RSS of its first run (the server's, with --client), and
+    /// farmem and linux-swap then run at each fraction of it (whole pages, at least 64
+    /// KiB). all-local runs once per run, not once per fraction.
+    #[arg(long, value_name = "FRACTIONS", value_delimiter = ',')]
+    pub local_frac: Option<Vec<f64>>,
     /// farmem's far tier, passed to `farmem run --backend`.
     #[arg(long, value_name = "URI", default_value = "compressed:")]
     pub backend: String,
@@ -51,27 +93,54 @@ pub struct BenchCmdArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// A regular expression with one capture group around the number to report, matched
-    /// against the program's output (stdout and stderr); the last match counts. Without
-    /// it, the metric is the wall time in seconds.
+    /// against the program's output (stdout and stderr; the client's with --client); the
+    /// last match counts. Give it several times to read several metrics from one run (each
+    /// with its --metric-name, in the same order): each run then makes one record per
+    /// metric. Without it, the metric is the wall time in seconds.
     #[arg(long, value_name = "REGEX")]
-    pub metric: Option<String>,
-    /// The --metric grows as the program does better (a rate); by default lower is better
-    /// (a time).
+    pub metric: Vec<String>,
+    /// Every --metric grows as the program does better (a rate); by default lower is
+    /// better (a time).
     #[arg(long, requires = "metric")]
     pub higher_is_better: bool,
-    /// What to call the metric in the report (default: "metric", or "wall s").
+    /// What to call the metric in the report (default: "metric", or "wall s"); with
+    /// several --metric, one name for each, in the same order.
     #[arg(long, value_name = "NAME")]
-    pub metric_name: Option<String>,
-    /// Kill a run (its whole process group) still going after SECS seconds and report it
-    /// as timed out. Default: no limit.
+    pub metric_name: Vec<String>,
+    /// A regular expression that makes a run failed when it matches the output (the
+    /// client's, with --client), e.g. a client's count of wrong replies:
+    /// '(verify_misses|verify_failed): [1-9]'. May be given several times.
+    #[arg(long, value_name = "REGEX")]
+    pub reject: Vec<String>,
+    /// Server mode: PROGRAM is a server and CMD (run with `sh -c`, plainly, outside the
+    /// memory cgroup and without farmem) its load; the metrics come from CMD's output.
+    #[arg(long, value_name = "CMD")]
+    pub client: Option<String>,
+    /// With --client: start CMD once the server accepts TCP connections on
+    /// 127.0.0.1:PORT. The port must be free before the server starts.
+    #[arg(long, value_name = "PORT", requires = "client")]
+    pub port: Option<u16>,
+    /// With --port: a server that does not accept connections within SECS is a failed
+    /// run.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub ready_timeout: f64,
+    /// With --client: seconds between SIGTERM and SIGKILL when the server is stopped.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub stop_grace: f64,
+    /// A name for this workload in the records, for `farmem summarize --table` (default:
+    /// the program's name).
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+    /// Kill a run (its whole process group; with --client, the client's) still going
+    /// after SECS seconds and report it as timed out. Default: no limit.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
     /// Capacity of the zram swap device of the Linux-swap system (uncompressed; zram only
     /// uses memory for what is swapped out). Default: half the machine's memory.
     #[arg(long, value_name = "SIZE", value_parser = opts::size)]
     pub zram_size: Option<u64>,
-    /// One JSON object per line per system run on stdout (progress goes to stderr); read
-    /// them back with `farmem summarize`.
+    /// One JSON object per line per system run and metric on stdout (progress goes to
+    /// stderr); read them back with `farmem summarize`.
     #[arg(long)]
     pub json: bool,
     /// The farmem executable whose `run` command wraps the program (default: this one).
@@ -96,7 +165,8 @@ pub struct BenchCmdArgs {
 pub enum Outcome {
     /// Exited 0 and the metric was found.
     Ok,
-    /// Exited non-zero, died of a signal, or its output had no metric.
+    /// Exited non-zero, died of a signal, its output had no metric or matched --reject,
+    /// or (a server) died before its client was done or never accepted connections.
     Failed,
     /// Linux swap: the kernel's OOM killer stopped it in its memory cgroup.
     OomKilled,
@@ -104,9 +174,9 @@ pub enum Outcome {
     TimedOut,
 }
 
-/// One run of one system, serialised as one JSON line, in the conventions of
-/// [`farmem_bench::BenchRecord`]: figures a run could not measure are `null`, anything else
-/// goes in `extra`.
+/// One run of one system, for one metric, serialised as one JSON line, in the conventions
+/// of [`farmem_bench::BenchRecord`]: figures a run could not measure are `null`, anything
+/// else goes in `extra`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CmdRecord {
     /// The system measured.
@@ -114,13 +184,13 @@ pub struct CmdRecord {
     /// The program and its arguments, as given.
     pub command: Vec<String>,
     /// The local budget, bytes: farmem's `--local-mem` and the Linux-swap cgroup's limit;
-    /// for all-local, what the others got.
+    /// for all-local, what the others got (with --local-frac: the footprint).
     pub local_bytes: u64,
     /// Which run (1-based).
     pub run: usize,
     /// How it ended.
     pub outcome: Outcome,
-    /// Wall time from spawn to exit, seconds.
+    /// Wall time from spawn to exit (the client's, with --client), seconds.
     pub wall_s: f64,
     /// The metric (None when it could not be read).
     pub metric: Option<f64>,
@@ -134,14 +204,46 @@ pub struct CmdRecord {
     /// Faults that fetched from far memory: farmem's major faults (from `--stats`), Linux
     /// swap's major faults in the cgroup (swap-ins), all-local's major faults (rusage).
     pub faults: Option<u64>,
-    /// The exit code, if it exited.
+    /// The exit code, if it exited (the client's, with --client).
     pub exit_code: Option<i32>,
-    /// The signal that killed it, if one did.
+    /// The signal that killed it, if one did (the client's, with --client).
     pub signal: Option<i32>,
-    /// Maximum resident set size (rusage), bytes.
+    /// Maximum resident set size (rusage; the server's, with --client), bytes.
     pub max_rss_bytes: Option<u64>,
     /// Why a failed run failed.
     pub error: Option<String>,
+    /// `--label`: what to call the workload in tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `--client`: the load (run with `sh -c`); the program is then a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// `--local-frac`: the budget as a fraction of the footprint (None for all-local).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_frac: Option<f64>,
+    /// `--local-frac`: the footprint, all-local's maximum RSS in run 1, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint_bytes: Option<u64>,
+    /// farmem's minor faults (`--stats`: resident pages mapped again on touch).
+    #[serde(default)]
+    pub farmem_minor_faults: Option<u64>,
+    /// farmem's major faults (`--stats`: waits for the far tier).
+    #[serde(default)]
+    pub farmem_major_faults: Option<u64>,
+    /// farmem's zero-fill faults (`--stats`: first touches).
+    #[serde(default)]
+    pub farmem_zero_faults: Option<u64>,
+    /// The kernel's minor faults: the memory cgroup's pgfault - pgmajfault for Linux swap,
+    /// the program's (server's) rusage otherwise.
+    #[serde(default)]
+    pub linux_minor_faults: Option<u64>,
+    /// The kernel's major faults: the memory cgroup's pgmajfault for Linux swap, the
+    /// program's (server's) rusage otherwise.
+    #[serde(default)]
+    pub linux_major_faults: Option<u64>,
+    /// Seconds the fault counts cover: the program's run, or the server's life.
+    #[serde(default)]
+    pub fault_seconds: Option<f64>,
     /// Anything else (farmem's stats, the cgroup's and zram's counters, CPU times).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
@@ -170,49 +272,79 @@ impl CmdRecord {
     }
 }
 
-/// What is measured and which way is better.
+/// One thing measured: a number read from the output, or the wall time.
 #[derive(Debug)]
 struct Metric {
     re: Option<Regex>,
     name: String,
+}
+
+/// Every metric of a run, and which way is better.
+#[derive(Debug)]
+struct Metrics {
+    list: Vec<Metric>,
     higher_is_better: bool,
 }
 
-impl Metric {
+/// `src` compiled, or one line saying what is wrong with it as `option`.
+fn regex(option: &str, src: &str) -> Result<Regex> {
+    Regex::new(src).map_err(|e| {
+        // The parser's message spans lines (the expression, a caret, the error).
+        let msg = e.to_string();
+        let last = msg.lines().last().unwrap_or("").trim();
+        let why = last.strip_prefix("error: ").unwrap_or(last).to_owned();
+        anyhow!("{option} {src:?} is not a regular expression: {why}")
+    })
+}
+
+impl Metrics {
     fn new(a: &BenchCmdArgs) -> Result<Self> {
-        let re = match &a.metric {
-            None => None,
-            Some(src) => {
-                let re = Regex::new(src).map_err(|e| {
-                    // The parser's message spans lines (the expression, a caret, the error).
-                    let msg = e.to_string();
-                    let last = msg.lines().last().unwrap_or("").trim();
-                    let why = last.strip_prefix("error: ").unwrap_or(last).to_owned();
-                    anyhow!("--metric {src:?} is not a regular expression: {why}")
-                })?;
-                let groups = re.captures_len() - 1;
-                if groups != 1 {
-                    bail!(
-                        "--metric needs exactly one capture group around the number, e.g. 'sort ([0-9.]+) s'; {src:?} has {groups}"
-                    );
-                }
-                Some(re)
+        let (n, names) = (a.metric.len(), a.metric_name.len());
+        if n > 1 && names != n {
+            bail!(
+                "give one --metric-name per --metric, in the same order ({n} --metric, {names} --metric-name)"
+            );
+        }
+        if n <= 1 && names > 1 {
+            bail!("{names} --metric-name for {n} --metric: give one name per --metric");
+        }
+        let mut list = Vec::new();
+        for (i, src) in a.metric.iter().enumerate() {
+            let re = regex("--metric", src)?;
+            let groups = re.captures_len() - 1;
+            if groups != 1 {
+                bail!(
+                    "--metric needs exactly one capture group around the number, e.g. 'sort ([0-9.]+) s'; {src:?} has {groups}"
+                );
             }
-        };
-        let name = a.metric_name.clone().unwrap_or_else(|| {
-            if re.is_some() {
-                "metric".into()
-            } else {
-                "wall s".into()
+            let name = a
+                .metric_name
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| "metric".into());
+            if list.iter().any(|m: &Metric| m.name == name) {
+                bail!("--metric-name {name:?} is given twice: each metric needs its own name");
             }
-        });
+            list.push(Metric { re: Some(re), name });
+        }
+        if list.is_empty() {
+            list.push(Metric {
+                re: None,
+                name: a
+                    .metric_name
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "wall s".into()),
+            });
+        }
         Ok(Self {
-            re,
-            name,
+            list,
             higher_is_better: a.higher_is_better,
         })
     }
+}
 
+impl Metric {
     /// The metric of a run whose output (less farmem's own lines) is `output`.
     fn extract(&self, output: &str, wall_s: f64) -> Result<f64, String> {
         let Some(re) = &self.re else {
@@ -235,26 +367,49 @@ impl Metric {
     }
 }
 
-/// How many times better `farmem` is than `other`, in the metric's direction.
-pub fn speedup(farmem: f64, other: f64, higher_is_better: bool) -> Option<f64> {
-    if !(farmem > 0.0 && other > 0.0 && farmem.is_finite() && other.is_finite()) {
-        return None;
-    }
-    Some(if higher_is_better {
-        farmem / other
-    } else {
-        other / farmem
-    })
-}
-
 /// Lines of output the tail of a failed run shows.
 const TAIL_LINES: usize = 12;
 /// How often a running child's time limit and zram's usage are checked.
 const POLL: Duration = Duration::from_millis(10);
+/// How often a starting server's port is tried.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// How long a failed client's server is given to show that it died first.
+const SERVER_DEATH_WAIT: Duration = Duration::from_millis(200);
+/// The smallest budget farmem takes, bytes.
+const MIN_BUDGET: u64 = farmem::MIN_BUDGET_PAGES as u64 * 4096;
+
+/// The budget of one measurement.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    bytes: u64,
+    /// With --local-frac: the fraction of `footprint` (None for all-local).
+    frac: Option<f64>,
+    footprint: Option<u64>,
+}
+
+/// `frac` x `footprint`, rounded to whole pages, at least farmem's minimum budget.
+fn frac_budget(frac: f64, footprint: u64) -> u64 {
+    let pages = (frac * footprint as f64 / 4096.0).round() as u64;
+    (pages * 4096).max(MIN_BUDGET)
+}
+
+/// Everything a measurement needs, checked once.
+struct Plan<'a> {
+    a: &'a BenchCmdArgs,
+    metrics: Metrics,
+    rejects: Vec<Regex>,
+    program: PathBuf,
+    systems: Vec<System>,
+}
 
 pub fn run(a: BenchCmdArgs) -> Result<()> {
     validate(&a)?;
-    let metric = Metric::new(&a)?;
+    let metrics = Metrics::new(&a)?;
+    let rejects = a
+        .reject
+        .iter()
+        .map(|r| regex("--reject", r))
+        .collect::<Result<Vec<_>>>()?;
     let program = resolve_program(&a.program[0])?;
     let explicit = a.systems.is_some();
     let mut systems: Vec<System> = Vec::new();
@@ -267,11 +422,16 @@ pub fn run(a: BenchCmdArgs) -> Result<()> {
             systems.push(s);
         }
     }
+    if a.local_frac.is_some() && !systems.contains(&System::AllLocal) {
+        bail!(
+            "--local-frac takes fractions of all-local's maximum RSS: keep all-local in --systems"
+        );
+    }
     if systems.contains(&System::Farmem) {
         preflight_farmem(&a)?;
     }
     if systems.contains(&System::LinuxSwap)
-        && let Err(e) = linux_swap::check(&swap_config(&a))
+        && let Err(e) = linux_swap::check(&swap_config(&a, a.local_mem.unwrap_or(MIN_BUDGET)))
     {
         if explicit {
             bail!("the linux-swap system is not possible here: {e} (or leave it out of --systems)");
@@ -282,48 +442,95 @@ pub fn run(a: BenchCmdArgs) -> Result<()> {
     if systems.is_empty() {
         bail!("no system left to run");
     }
-    let mut header = format!(
-        "bench-cmd: `{}` with {} local, {} run(s) of {}; metric: {}",
-        shell_join(&a.program),
-        opts::human(a.local_mem),
-        a.runs,
-        systems
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        metric.name,
-    );
-    if let Some(re) = &metric.re {
-        header += &format!(" from {}", shell_join(&[re.as_str().to_owned()]));
-    }
-    header += if metric.higher_is_better {
-        " (higher is better)"
-    } else {
-        " (lower is better)"
+    let plan = Plan {
+        a: &a,
+        metrics,
+        rejects,
+        program,
+        systems,
     };
-    if systems.contains(&System::Farmem) {
-        header += &format!("; farmem backend {}", a.backend);
-        for r in &a.run_args {
-            header += &format!(" {r}");
-        }
-    }
+    let header = report::header(&plan);
     if a.json {
         eprintln!("{header}");
     } else {
         println!("{header}");
     }
     let mut all: Vec<CmdRecord> = Vec::new();
+    let mut footprint: Option<u64> = None;
     for run in 1..=a.runs {
-        for &sys in &systems {
-            let rec = measure(&a, &metric, &program, sys, run)
-                .with_context(|| format!("{sys} run {run}"))?;
-            emit(&a, &rec);
-            all.push(rec);
+        let one = |sys: System, budget: Budget, all: &mut Vec<CmdRecord>| -> Result<()> {
+            let recs = plan
+                .measure(sys, run, budget)
+                .with_context(|| match budget.frac {
+                    Some(f) => format!("{sys} run {run} at {} of the footprint", report::pct(f)),
+                    None => format!("{sys} run {run}"),
+                })?;
+            report::emit(a.json, &recs);
+            all.extend(recs);
+            Ok(())
+        };
+        let Some(fracs) = &a.local_frac else {
+            let bytes = a.local_mem.unwrap_or(MIN_BUDGET);
+            for &sys in &plan.systems {
+                let budget = Budget {
+                    bytes,
+                    frac: None,
+                    footprint: None,
+                };
+                one(sys, budget, &mut all)?;
+            }
+            continue;
+        };
+        // all-local first: its first run's maximum RSS is the footprint.
+        let mut recs = plan
+            .measure(
+                System::AllLocal,
+                run,
+                Budget {
+                    bytes: footprint.unwrap_or(0),
+                    frac: None,
+                    footprint,
+                },
+            )
+            .with_context(|| format!("all-local run {run}"))?;
+        if footprint.is_none() {
+            let ok = recs.iter().find(|r| r.outcome == Outcome::Ok);
+            match ok.and_then(|r| r.max_rss_bytes) {
+                Some(rss) if rss > 0 => {
+                    footprint = Some(rss);
+                    for r in &mut recs {
+                        r.local_bytes = rss;
+                        r.footprint_bytes = Some(rss);
+                    }
+                }
+                _ => {
+                    report::emit(a.json, &recs);
+                    let why = recs
+                        .iter()
+                        .find_map(|r| r.error.clone())
+                        .unwrap_or_else(|| format!("{:?}", recs[0].outcome).to_lowercase());
+                    bail!(
+                        "all-local run 1 did not succeed ({why}), so there is no footprint to take the --local-frac fractions of; fix that run first"
+                    );
+                }
+            }
+        }
+        report::emit(a.json, &recs);
+        all.extend(recs);
+        let fp = footprint.unwrap_or(MIN_BUDGET);
+        for &frac in fracs {
+            for &sys in plan.systems.iter().filter(|s| **s != System::AllLocal) {
+                let budget = Budget {
+                    bytes: frac_budget(frac, fp),
+                    frac: Some(frac),
+                    footprint: Some(fp),
+                };
+                one(sys, budget, &mut all)?;
+            }
         }
     }
     if !a.json {
-        summary(&all);
+        report::summary(&all);
     }
     let failed: Vec<&CmdRecord> = all
         .iter()
@@ -351,11 +558,36 @@ fn validate(a: &BenchCmdArgs) -> Result<()> {
     {
         bail!("--timeout must be a positive number of seconds (got {t})");
     }
-    if a.local_mem < farmem::MIN_BUDGET_PAGES as u64 * 4096 {
-        bail!(
-            "--local-mem must be at least {} KiB",
-            farmem::MIN_BUDGET_PAGES * 4
-        );
+    for (name, v) in [
+        ("--ready-timeout", a.ready_timeout),
+        ("--stop-grace", a.stop_grace),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("{name} must be zero or a positive number of seconds (got {v})");
+        }
+    }
+    if let Some(m) = a.local_mem
+        && m < MIN_BUDGET
+    {
+        bail!("--local-mem must be at least {} KiB", MIN_BUDGET / 1024);
+    }
+    if let Some(fracs) = &a.local_frac {
+        if fracs.is_empty() {
+            bail!("--local-frac needs at least one fraction, e.g. 0.25,0.5,1,2");
+        }
+        for &f in fracs {
+            if !(f.is_finite() && f > 0.0 && f <= 64.0) {
+                bail!(
+                    "--local-frac fractions must be above 0 and at most 64 (1 = the footprint), got {f}"
+                );
+            }
+        }
+    }
+    if a.port == Some(0) {
+        bail!("--port must be the server's port, 1-65535");
+    }
+    if a.client.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        bail!("--client needs a command, e.g. --client 'redis-benchmark -p 7100 -q'");
     }
     if a.program.first().is_none_or(|p| p.is_empty()) {
         bail!("give the program to run after `--`");
@@ -389,7 +621,7 @@ fn resolve_program(name: &str) -> Result<PathBuf> {
 }
 
 /// `<farmem> run --local-mem B --backend URI --stats [--run-arg...] --`
-fn farmem_wrapper(a: &BenchCmdArgs) -> Result<Vec<String>> {
+fn farmem_wrapper(a: &BenchCmdArgs, local: u64) -> Result<Vec<String>> {
     let exe = match &a.farmem {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("find the farmem executable")?,
@@ -398,7 +630,7 @@ fn farmem_wrapper(a: &BenchCmdArgs) -> Result<Vec<String>> {
         exe.to_string_lossy().into_owned(),
         "run".into(),
         "--local-mem".into(),
-        a.local_mem.to_string(),
+        local.to_string(),
         "--backend".into(),
         a.backend.clone(),
         "--stats".into(),
@@ -411,12 +643,12 @@ fn farmem_wrapper(a: &BenchCmdArgs) -> Result<Vec<String>> {
 /// The farmem system needs `farmem run`: try it once on `true`, so that a missing preload
 /// library, a bad --backend or no userfaultfd is one clear error before any run.
 fn preflight_farmem(a: &BenchCmdArgs) -> Result<()> {
-    let wrapper = farmem_wrapper(a)?;
+    let wrapper = farmem_wrapper(a, a.local_mem.unwrap_or(MIN_BUDGET))?;
     let shown = shell_join(&wrapper) + " true";
     let out = Command::new(&wrapper[0])
         .args(&wrapper[1..])
         .arg("true")
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("could not run `{shown}`"))?;
     if !out.status.success() {
@@ -436,9 +668,9 @@ fn preflight_farmem(a: &BenchCmdArgs) -> Result<()> {
     Ok(())
 }
 
-fn swap_config(a: &BenchCmdArgs) -> SwapConfig {
+fn swap_config(a: &BenchCmdArgs, budget: u64) -> SwapConfig {
     let zram = a.zram_size.unwrap_or_else(default_zram_size);
-    let mut c = SwapConfig::new(a.local_mem, zram);
+    let mut c = SwapConfig::new(budget, zram);
     c.cgroup_root = a.cgroup_root.clone();
     c
 }
@@ -458,281 +690,433 @@ fn default_zram_size() -> u64 {
     (total / 2) / 4096 * 4096
 }
 
-/// What one child did.
-#[derive(Debug)]
-struct Exec {
-    status: ExitStatus,
-    wall: Duration,
-    output: String,
-    timed_out: bool,
-    max_rss_bytes: u64,
-    major_faults: u64,
-    user_s: f64,
-    sys_s: f64,
+/// How a system starts the program (the server, with --client).
+enum Launch<'b> {
+    /// As it is (all-local).
+    Plain,
+    /// Under `farmem run ... --`.
+    Farmem(Vec<String>),
+    /// In the Linux-swap baseline's memory cgroup.
+    Swap(&'b SwapBaseline),
 }
 
-/// Runs `cmd` (spawned by `spawn`) in its own process group, stdin from /dev/null and
-/// stdout and stderr into one pipe, until it exits; kills the group after `timeout`.
-/// `tick` is called every POLL while it runs.
-fn execute(
-    mut cmd: Command,
-    spawn: impl FnOnce(&mut Command) -> Result<Child>,
-    timeout: Option<Duration>,
-    mut tick: impl FnMut(),
-) -> Result<Exec> {
-    let (reader, writer) = std::io::pipe().context("create a pipe for the program's output")?;
-    cmd.stdin(Stdio::null())
-        .stdout(writer.try_clone().context("duplicate the output pipe")?)
-        .stderr(writer)
-        .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
-    // is async-signal-safe and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            // The child has its own process group, so a Ctrl-C at the terminal does not
-            // reach it: have the kernel kill it if this process dies first.
-            // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
+impl Launch<'_> {
+    fn command(&self, program: &Path, args: &[String]) -> Command {
+        let mut c = match self {
+            Launch::Farmem(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(program);
+                c
             }
-            Ok(())
-        });
+            Launch::Plain | Launch::Swap(_) => Command::new(program),
+        };
+        c.args(args);
+        c
     }
-    let start = Instant::now();
-    let child = spawn(&mut cmd)?;
-    // The Command holds the pipe's write ends: close them, or the reader never sees EOF.
-    drop(cmd);
-    let pid = child.id() as libc::pid_t;
-    let drain = std::thread::spawn(move || {
-        let mut r = reader;
-        let mut buf = Vec::new();
-        // A read error only truncates the output.
-        let _ = r.read_to_end(&mut buf);
-        buf
-    });
-    let (tx, rx) = mpsc::channel();
-    // The child is reaped here with wait4 (for its rusage), never through `child`.
-    std::thread::spawn(move || {
-        let _ = tx.send(wait4(pid).map(|w| (w, Instant::now())));
-    });
-    let mut timed_out = false;
-    let ((raw, ru), end) = loop {
-        match rx.recv_timeout(POLL) {
-            Ok(r) => break r.with_context(|| format!("wait for process {pid}"))?,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+
+    fn spawn(&self, c: &mut Command) -> Result<Child> {
+        match self {
+            Launch::Swap(b) => Ok(b.spawn(c)?),
+            Launch::Plain | Launch::Farmem(_) => spawn_plain(c),
+        }
+    }
+}
+
+fn spawn_plain(c: &mut Command) -> Result<Child> {
+    let name = c.get_program().to_string_lossy().into_owned();
+    c.spawn().with_context(|| format!("cannot run {name}"))
+}
+
+/// What one measurement's processes did.
+struct Trial {
+    /// The program, or with --client the server.
+    main: Exec,
+    /// With --client: the client, if the server got as far as starting it.
+    client: Option<Exec>,
+    /// With --client: why the server made the run fail (it never accepted connections, or
+    /// died before the client was done).
+    server_problem: Option<String>,
+    /// With --client: how the server was stopped (None: it exited on its own).
+    stopped_by: Option<&'static str>,
+}
+
+/// Whether 127.0.0.1:`port` accepts a TCP connection (which is closed at once).
+fn accepts(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+impl Plan<'_> {
+    fn server_mode(&self) -> bool {
+        self.a.client.is_some()
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.a.timeout.map(Duration::from_secs_f64)
+    }
+
+    /// One system at one budget, one run: one record per metric.
+    fn measure(&self, sys: System, run: usize, budget: Budget) -> Result<Vec<CmdRecord>> {
+        let a = self.a;
+        let mut base = CmdRecord {
+            system: sys,
+            command: a.program.clone(),
+            local_bytes: budget.bytes,
+            run,
+            outcome: Outcome::Ok,
+            wall_s: 0.0,
+            metric: None,
+            metric_name: String::new(),
+            metric_regex: None,
+            higher_is_better: self.metrics.higher_is_better,
+            faults: None,
+            exit_code: None,
+            signal: None,
+            max_rss_bytes: None,
+            error: None,
+            label: a.label.clone(),
+            client: a.client.clone(),
+            local_frac: budget.frac,
+            footprint_bytes: budget.footprint,
+            farmem_minor_faults: None,
+            farmem_major_faults: None,
+            farmem_zero_faults: None,
+            linux_minor_faults: None,
+            linux_major_faults: None,
+            fault_seconds: None,
+            extra: Map::new(),
+        };
+        let (trial, oom_kills) = match sys {
+            System::AllLocal => (self.trial(&Launch::Plain, &mut || {})?, 0),
+            System::Farmem => {
+                base.set_extra("backend", &a.backend);
+                let launch = Launch::Farmem(farmem_wrapper(a, budget.bytes)?);
+                (self.trial(&launch, &mut || {})?, 0)
+            }
+            System::LinuxSwap => {
+                let baseline = SwapBaseline::setup(swap_config(a, budget.bytes))
+                    .context("set up the Linux-swap baseline")?;
+                let res = SwapProbe::start(&baseline).and_then(|mut probe| {
+                    let t = self.trial(&Launch::Swap(&baseline), &mut || probe.tick());
+                    let oom = probe.finish(&mut base)?;
+                    Ok((t?, oom))
+                });
+                baseline
+                    .teardown()
+                    .context("tear down the Linux-swap baseline")?;
+                res?
+            }
+        };
+        Ok(self.records(base, trial, oom_kills))
+    }
+
+    /// Runs the program (or the server and its client) as `launch` starts it.
+    fn trial(&self, launch: &Launch, tick: &mut dyn FnMut()) -> Result<Trial> {
+        let cmd = launch.command(&self.program, &self.a.program[1..]);
+        if !self.server_mode() {
+            let main =
+                Running::start(cmd, |c| launch.spawn(c))?.wait(self.timeout(), POLL, tick)?;
+            return Ok(Trial {
+                main,
+                client: None,
+                server_problem: None,
+                stopped_by: None,
+            });
+        }
+        self.serve(cmd, launch, tick)
+    }
+
+    /// Server mode: the server, its readiness, the client, then the server's stop.
+    fn serve(&self, cmd: Command, launch: &Launch, tick: &mut dyn FnMut()) -> Result<Trial> {
+        let a = self.a;
+        let name = program_name(&a.program[0]);
+        if let Some(port) = a.port
+            && accepts(port)
+        {
+            bail!(
+                "127.0.0.1:{port} accepts connections before {name} has started: another process listens there; stop it, or give the server and its client a free --port"
+            );
+        }
+        let mut server = Running::start(cmd, |c| launch.spawn(c))?;
+        let mut problem: Option<String> = None;
+        if let Some(port) = a.port {
+            let limit = Duration::from_secs_f64(a.ready_timeout);
+            loop {
+                if server.exited()? {
+                    problem = Some(format!(
+                        "{name} {} before it accepted connections on 127.0.0.1:{port}",
+                        describe_status(server.status())
+                    ));
+                    break;
+                }
+                if accepts(port) {
+                    break;
+                }
+                if server.elapsed() >= limit {
+                    problem = Some(format!(
+                        "{name} did not accept connections on 127.0.0.1:{port} within {} s",
+                        a.ready_timeout
+                    ));
+                    break;
+                }
                 tick();
-                if let Some(t) = timeout
+                // Refused connections return at once: do not spin.
+                std::thread::sleep(READY_POLL);
+            }
+        }
+        let mut client_exec = None;
+        if problem.is_none() {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(a.client.as_deref().unwrap_or_default());
+            let mut client = Running::start(c, spawn_plain)?;
+            let mut timed_out = false;
+            let mut server_gone = false;
+            while !client.wait_for(POLL)? {
+                tick();
+                if !server_gone && server.exited()? {
+                    server_gone = true;
+                    let status = server.status();
+                    // A server that exits 0 was asked to (e.g. by the client's SHUTDOWN):
+                    // the client's own result decides.
+                    if !status.is_some_and(|s| s.success()) {
+                        problem = Some(format!(
+                            "{name} {} while the client was running",
+                            describe_status(status)
+                        ));
+                        client.signal_group(libc::SIGKILL);
+                    }
+                }
+                if let Some(t) = self.timeout()
                     && !timed_out
-                    && start.elapsed() >= t
+                    && client.elapsed() >= t
                 {
-                    kill_group(pid);
+                    client.signal_group(libc::SIGKILL);
                     timed_out = true;
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("lost the waiter of {pid}"),
+            let c = client.finish(timed_out)?;
+            if !c.status.success() && !server_gone {
+                // A client that failed may have lost a server that died a moment earlier:
+                // give its reaper time to say so, as the server is then the cause.
+                server.wait_for(SERVER_DEATH_WAIT)?;
+            }
+            client_exec = Some(c);
         }
-    };
-    drop(child);
-    // Whatever the program left running in its group would hold the pipe open (and
-    // disturb the next run).
-    kill_group(pid);
-    let output = drain.join().unwrap_or_default();
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    Ok(Exec {
-        status: ExitStatus::from_raw(raw),
-        wall: end - start,
-        output: String::from_utf8_lossy(&output).into_owned(),
-        timed_out,
-        max_rss_bytes: (ru.ru_maxrss as u64) * 1024,
-        major_faults: ru.ru_majflt as u64,
-        user_s: secs(ru.ru_utime),
-        sys_s: secs(ru.ru_stime),
-    })
-}
-
-/// Reaps `pid`, returning its raw wait status and resource usage.
-fn wait4(pid: libc::pid_t) -> std::io::Result<(i32, libc::rusage)> {
-    loop {
-        let mut status = 0;
-        // SAFETY: rusage is a plain C struct of integers, for which all zeros is valid.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers to our own locals, live for the call.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        if r == pid {
-            return Ok((status, ru));
+        let mut stopped_by = None;
+        if !server.exited()? {
+            server.signal_group(libc::SIGTERM);
+            stopped_by = Some("SIGTERM");
+            let grace = Duration::from_secs_f64(a.stop_grace);
+            let asked = std::time::Instant::now();
+            while !server.wait_for(POLL)? {
+                tick();
+                if stopped_by == Some("SIGTERM") && asked.elapsed() >= grace {
+                    server.signal_group(libc::SIGKILL);
+                    stopped_by = Some("SIGKILL");
+                }
+            }
+        } else if problem.is_none() && !server.status().is_some_and(|s| s.success()) {
+            // It died after the client's last poll, but before the stop.
+            problem = Some(format!(
+                "{name} {} while the client was running",
+                describe_status(server.status())
+            ));
         }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+        Ok(Trial {
+            main: server.finish(false)?,
+            client: client_exec,
+            server_problem: problem,
+            stopped_by,
+        })
     }
-}
 
-/// SIGKILL to the process group `pgid` leads (its leader is our child, started with
-/// `process_group(0)`); no-op if the group is gone.
-fn kill_group(pgid: libc::pid_t) {
-    // SAFETY: kill(2) touches no memory of ours; a negative pid names the process group.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-}
-
-/// One system, one run.
-fn measure(
-    a: &BenchCmdArgs,
-    metric: &Metric,
-    program: &Path,
-    sys: System,
-    run: usize,
-) -> Result<CmdRecord> {
-    let timeout = a.timeout.map(Duration::from_secs_f64);
-    let mut rec = CmdRecord {
-        system: sys,
-        command: a.program.clone(),
-        local_bytes: a.local_mem,
-        run,
-        outcome: Outcome::Ok,
-        wall_s: 0.0,
-        metric: None,
-        metric_name: metric.name.clone(),
-        metric_regex: metric.re.as_ref().map(|r| r.as_str().to_owned()),
-        higher_is_better: metric.higher_is_better,
-        faults: None,
-        exit_code: None,
-        signal: None,
-        max_rss_bytes: None,
-        error: None,
-        extra: Map::new(),
-    };
-    let plain = || {
-        let mut c = Command::new(program);
-        c.args(&a.program[1..]);
-        c
-    };
-    let spawn_plain = |c: &mut Command| {
-        let name = c.get_program().to_string_lossy().into_owned();
-        c.spawn().with_context(|| format!("cannot run {name}"))
-    };
-    let (exec, oom_kills) = match sys {
-        System::AllLocal => {
-            let e = execute(plain(), spawn_plain, timeout, || {})?;
-            rec.faults = Some(e.major_faults);
-            (e, 0)
+    /// The records of one trial, one per metric.
+    fn records(&self, mut base: CmdRecord, trial: Trial, oom_kills: u64) -> Vec<CmdRecord> {
+        let a = self.a;
+        let main = &trial.main;
+        // The figures are the program's (the server's); the metric, the wall time and the
+        // exit status the measured process's (the client's).
+        let measured = trial.client.as_ref().unwrap_or(main);
+        base.wall_s = measured.wall.as_secs_f64();
+        base.exit_code = measured.status.code();
+        base.signal = measured.status.signal();
+        base.max_rss_bytes = Some(main.max_rss_bytes);
+        base.fault_seconds = Some(main.wall.as_secs_f64());
+        base.set_extra("user_s", main.user_s);
+        base.set_extra("sys_s", main.sys_s);
+        base.set_extra("rusage_major_faults", main.major_faults);
+        base.set_extra("rusage_minor_faults", main.minor_faults);
+        match base.system {
+            System::AllLocal => {
+                base.faults = Some(main.major_faults);
+                base.linux_minor_faults = Some(main.minor_faults);
+                base.linux_major_faults = Some(main.major_faults);
+            }
+            System::Farmem => {
+                let stats = farmem_stats::parse(&main.output);
+                let get = |k: &str| stats.get(k).and_then(Value::as_u64);
+                base.faults = get("major_faults");
+                base.farmem_major_faults = get("major_faults");
+                base.farmem_minor_faults = get("minor_faults");
+                base.farmem_zero_faults = get("zero_faults");
+                base.linux_minor_faults = Some(main.minor_faults);
+                base.linux_major_faults = Some(main.major_faults);
+                base.extra.extend(stats);
+            }
+            // Set from the memory cgroup by SwapProbe::finish.
+            System::LinuxSwap => {}
         }
-        System::Farmem => {
-            rec.set_extra("backend", &a.backend);
-            let w = farmem_wrapper(a)?;
-            let mut c = Command::new(&w[0]);
-            c.args(&w[1..]).arg(program).args(&a.program[1..]);
-            let e = execute(c, spawn_plain, timeout, || {})?;
-            let stats = farmem_stats(&e.output);
-            rec.faults = stats.get("major_faults").and_then(Value::as_u64);
-            rec.extra.extend(stats);
-            (e, 0)
-        }
-        System::LinuxSwap => {
-            let baseline =
-                SwapBaseline::setup(swap_config(a)).context("set up the Linux-swap baseline")?;
-            let res = measure_in_swap(&baseline, plain(), timeout, &mut rec);
-            baseline
-                .teardown()
-                .context("tear down the Linux-swap baseline")?;
-            res?
-        }
-    };
-    rec.wall_s = exec.wall.as_secs_f64();
-    rec.exit_code = exec.status.code();
-    rec.signal = exec.status.signal();
-    rec.max_rss_bytes = Some(exec.max_rss_bytes);
-    rec.set_extra("user_s", exec.user_s);
-    rec.set_extra("sys_s", exec.sys_s);
-    rec.set_extra("rusage_major_faults", exec.major_faults);
-    let program_output = strip_farmem_stats(&exec.output);
-    if exec.timed_out {
-        rec.outcome = Outcome::TimedOut;
-    } else if !exec.status.success() && oom_kills > 0 {
-        // Linux could not run the program in this budget: a result, not an error.
-        rec.outcome = Outcome::OomKilled;
-    } else if !exec.status.success() {
-        rec.outcome = Outcome::Failed;
-        rec.error = Some(format!(
-            "{} {}",
-            program_name(&a.program[0]),
-            describe_status(exec.status)
-        ));
-    } else {
-        match metric.extract(&program_output, rec.wall_s) {
-            Ok(v) => rec.metric = Some(v),
-            Err(e) => {
-                rec.outcome = Outcome::Failed;
-                rec.error = Some(e);
+        if self.server_mode() {
+            base.set_extra("server_wall_s", main.wall.as_secs_f64());
+            base.set_extra("server_exit_code", main.status.code());
+            base.set_extra("server_signal", main.status.signal());
+            base.set_extra("server_stopped_by", trial.stopped_by);
+            if let Some(c) = &trial.client {
+                base.set_extra("client_max_rss_bytes", c.max_rss_bytes);
+                base.set_extra("client_user_s", c.user_s);
+                base.set_extra("client_sys_s", c.sys_s);
             }
         }
+        let name = program_name(&a.program[0]);
+        let mut tail_of = main;
+        if let Some(p) = &trial.server_problem {
+            if oom_kills > 0 {
+                // Linux could not run the server in this budget: a result, not an error.
+                base.outcome = Outcome::OomKilled;
+            } else {
+                base.outcome = Outcome::Failed;
+                base.error = Some(p.clone());
+            }
+        } else if measured.timed_out {
+            base.outcome = Outcome::TimedOut;
+        } else if !measured.status.success() && oom_kills > 0 {
+            base.outcome = Outcome::OomKilled;
+        } else if !measured.status.success() {
+            base.outcome = Outcome::Failed;
+            base.error = Some(match &trial.client {
+                Some(_) => format!("the client {}", describe_status(Some(measured.status))),
+                None => format!("{name} {}", describe_status(Some(measured.status))),
+            });
+            tail_of = measured;
+        }
+        let text = farmem_stats::strip(&measured.output);
+        if base.outcome == Outcome::Ok
+            && let Some((re, line)) = self.rejects.iter().find_map(|re| {
+                let m = re.find(&text)?;
+                let start = text[..m.start()].rfind('\n').map_or(0, |i| i + 1);
+                let end = text[m.end()..]
+                    .find('\n')
+                    .map_or(text.len(), |i| m.end() + i);
+                Some((re, text[start..end].trim().to_owned()))
+            })
+        {
+            base.outcome = Outcome::Failed;
+            base.error = Some(format!("--reject {:?} matched {line:?}", re.as_str()));
+            tail_of = measured;
+        }
+        if base.outcome == Outcome::Failed {
+            base.set_extra("output_tail", tail(&tail_of.output, TAIL_LINES));
+        }
+        self.metrics
+            .list
+            .iter()
+            .map(|m| {
+                let mut r = base.clone();
+                r.metric_name = m.name.clone();
+                r.metric_regex = m.re.as_ref().map(|re| re.as_str().to_owned());
+                if r.outcome == Outcome::Ok {
+                    match m.extract(&text, r.wall_s) {
+                        Ok(v) => r.metric = Some(v),
+                        Err(e) => {
+                            r.outcome = Outcome::Failed;
+                            r.error = Some(e);
+                            r.set_extra("output_tail", tail(&measured.output, TAIL_LINES));
+                        }
+                    }
+                }
+                r
+            })
+            .collect()
     }
-    if rec.outcome == Outcome::Failed {
-        rec.set_extra("output_tail", tail(&exec.output, TAIL_LINES));
-    }
-    Ok(rec)
 }
 
-/// The Linux-swap run inside `baseline`'s cgroup, with the cgroup's and zram's figures.
-fn measure_in_swap(
-    baseline: &SwapBaseline,
-    cmd: Command,
-    timeout: Option<Duration>,
-    rec: &mut CmdRecord,
-) -> Result<(Exec, u64)> {
-    let cg = baseline.cgroup_path().to_path_buf();
-    for f in [
-        "memory.max_usage_in_bytes",
-        "memory.memsw.max_usage_in_bytes",
-    ] {
-        let p = cg.join(f);
-        if p.exists() {
-            std::fs::write(&p, "0").with_context(|| format!("reset {}", p.display()))?;
+/// The Linux-swap system's view of a run: the memory cgroup's counters and zram's peak.
+struct SwapProbe<'b> {
+    baseline: &'b SwapBaseline,
+    stat0: BTreeMap<String, u64>,
+    oom0: u64,
+    vm0: BTreeMap<String, u64>,
+    peak_orig: u64,
+    peak_compr: u64,
+}
+
+impl<'b> SwapProbe<'b> {
+    fn start(baseline: &'b SwapBaseline) -> Result<Self> {
+        let cg = baseline.cgroup_path();
+        for f in [
+            "memory.max_usage_in_bytes",
+            "memory.memsw.max_usage_in_bytes",
+        ] {
+            let p = cg.join(f);
+            if p.exists() {
+                std::fs::write(&p, "0").with_context(|| format!("reset {}", p.display()))?;
+            }
+        }
+        Ok(Self {
+            baseline,
+            stat0: baseline.memory_stat()?,
+            oom0: opts::oom_kills(cg),
+            vm0: vmstat(),
+            peak_orig: 0,
+            peak_compr: 0,
+        })
+    }
+
+    fn tick(&mut self) {
+        if let Some((orig, compr)) = self.baseline.zram_usage()
+            && orig > self.peak_orig
+        {
+            (self.peak_orig, self.peak_compr) = (orig, compr);
         }
     }
-    let stat0 = baseline.memory_stat()?;
-    let oom0 = opts::oom_kills(&cg);
-    let vm0 = vmstat();
-    let (mut peak_orig, mut peak_compr) = (0u64, 0u64);
-    let exec = execute(
-        cmd,
-        |c| Ok(baseline.spawn(c)?),
-        timeout,
-        || {
-            if let Some((orig, compr)) = baseline.zram_usage()
-                && orig > peak_orig
-            {
-                (peak_orig, peak_compr) = (orig, compr);
-            }
-        },
-    )?;
-    let stat1 = baseline.memory_stat()?;
-    let oom = opts::oom_kills(&cg).saturating_sub(oom0);
-    let vm1 = vmstat();
-    let delta = |m0: &BTreeMap<String, u64>, m1: &BTreeMap<String, u64>, k: &str| {
-        m1.get(k)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(m0.get(k).copied().unwrap_or(0))
-    };
-    rec.faults = Some(delta(&stat0, &stat1, "pgmajfault"));
-    rec.set_extra("pswpin", delta(&vm0, &vm1, "pswpin"));
-    rec.set_extra("pswpout", delta(&vm0, &vm1, "pswpout"));
-    rec.set_extra("cgroup_max_usage_bytes", baseline.max_usage_bytes()?);
-    rec.set_extra("zram_bytes", baseline.config().zram_bytes);
-    if peak_compr > 0 {
-        rec.set_extra("zram_peak_bytes", peak_orig);
-        rec.set_extra("zram_ratio", peak_orig as f64 / peak_compr as f64);
+
+    /// Puts the cgroup's and zram's figures into `rec`; the OOM kills during the run.
+    fn finish(self, rec: &mut CmdRecord) -> Result<u64> {
+        let b = self.baseline;
+        let stat1 = b.memory_stat()?;
+        let oom = opts::oom_kills(b.cgroup_path()).saturating_sub(self.oom0);
+        let vm1 = vmstat();
+        let delta = |m0: &BTreeMap<String, u64>, m1: &BTreeMap<String, u64>, k: &str| {
+            m1.get(k)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(m0.get(k).copied().unwrap_or(0))
+        };
+        let major = delta(&self.stat0, &stat1, "pgmajfault");
+        let all = delta(&self.stat0, &stat1, "pgfault");
+        rec.faults = Some(major);
+        rec.linux_major_faults = Some(major);
+        rec.linux_minor_faults = Some(all.saturating_sub(major));
+        rec.set_extra("cgroup_pgfault", all);
+        rec.set_extra("cgroup_pgmajfault", major);
+        rec.set_extra("pswpin", delta(&self.vm0, &vm1, "pswpin"));
+        rec.set_extra("pswpout", delta(&self.vm0, &vm1, "pswpout"));
+        rec.set_extra("cgroup_max_usage_bytes", b.max_usage_bytes()?);
+        let zram = b.config().zram_bytes;
+        rec.set_extra("zram_bytes", zram);
+        if self.peak_compr > 0 {
+            rec.set_extra("zram_peak_bytes", self.peak_orig);
+            rec.set_extra("zram_ratio", self.peak_orig as f64 / self.peak_compr as f64);
+        }
+        if self.peak_orig.saturating_mul(100) >= zram.saturating_mul(95) {
+            // Swap ran out rather than the budget: the kernel had nowhere to put pages.
+            rec.set_extra("zram_full", true);
+        }
+        if oom > 0 {
+            rec.set_extra("oom_kills", oom);
+        }
+        Ok(oom)
     }
-    let zram = baseline.config().zram_bytes;
-    if peak_orig.saturating_mul(100) >= zram.saturating_mul(95) {
-        // Swap ran out rather than the budget: the kernel had nowhere to put pages.
-        rec.set_extra("zram_full", true);
-    }
-    if oom > 0 {
-        rec.set_extra("oom_kills", oom);
-    }
-    Ok((exec, oom))
 }
 
 fn vmstat() -> BTreeMap<String, u64> {
@@ -746,111 +1130,14 @@ fn vmstat() -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The header line of the summary `farmem run --stats` prints at exit; the summary's
-/// lines follow it, each starting with [`STATS_LINE`].
-const STATS_HEAD: &str = "farmem: stats at exit";
-const STATS_LINE: &str = "farmem:   ";
-
-/// The output without farmem's summary, so that --metric only sees the program's lines.
-fn strip_farmem_stats(output: &str) -> String {
-    let mut out = String::with_capacity(output.len());
-    for line in output.lines() {
-        if !(line.starts_with(STATS_HEAD) || line.starts_with(STATS_LINE)) {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// The figures of farmem's summary at exit (see `farmem::Stats`'s Display), by name.
-fn farmem_stats(output: &str) -> Map<String, Value> {
-    let mut m = Map::new();
-    let Some(start) = output.rfind(STATS_HEAD) else {
-        return m;
-    };
-    let block: String = output[start..]
-        .lines()
-        .skip(1)
-        .take_while(|l| l.starts_with(STATS_LINE))
-        .map(|l| format!("{}\n", &l[STATS_LINE.len()..]))
-        .collect();
-    let num = r"([0-9]+(?:\.[0-9]+)?)";
-    let patterns: &[(&str, &[&str])] = &[
-        (
-            r"faults: N major, N minor, N zero-fill",
-            &["major_faults", "minor_faults", "zero_faults"],
-        ),
-        (
-            r"major fault latency: mean N us, p50 N us, p99 N us, p99\.9 N us",
-            &[
-                "fault_mean_us",
-                "fault_p50_us",
-                "fault_p99_us",
-                "fault_p999_us",
-            ],
-        ),
-        (
-            r"fetched N pages; prefetched N \(accuracy N%, coverage N%\)",
-            &[
-                "fetched_pages",
-                "prefetched_pages",
-                "prefetch_accuracy_pct",
-                "prefetch_coverage_pct",
-            ],
-        ),
-        (
-            r"evicted N pages: N written back, N clean dropped, N zero; N demoted; N direct reclaims",
-            &[
-                "evicted_pages",
-                "written_back_pages",
-                "dropped_clean_pages",
-                "evicted_zero_pages",
-                "demoted_pages",
-                "direct_reclaims",
-            ],
-        ),
-        (
-            r"resident N MiB \(peak N\) of N MiB budget; far tier N pages in N MiB \(ratio N\)",
-            &[
-                "resident_mib",
-                "peak_resident_mib",
-                "budget_mib",
-                "far_pages",
-                "far_mib",
-                "far_ratio",
-            ],
-        ),
-    ];
-    for (pat, keys) in patterns {
-        let Ok(re) = Regex::new(&pat.replace('N', num)) else {
-            continue;
-        };
-        let Some(c) = re.captures(&block) else {
-            continue;
-        };
-        for (i, key) in keys.iter().enumerate() {
-            let Some(text) = c.get(i + 1).map(|m| m.as_str()) else {
-                continue;
-            };
-            let v = if let Ok(n) = text.parse::<u64>() {
-                Value::from(n)
-            } else if let Ok(f) = text.parse::<f64>() {
-                Value::from(f)
-            } else {
-                continue;
-            };
-            m.insert((*key).into(), v);
-        }
-    }
-    m
-}
-
 fn program_name(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
 
-fn describe_status(s: ExitStatus) -> String {
+fn describe_status(s: Option<ExitStatus>) -> String {
+    let Some(s) = s else {
+        return "ended".into();
+    };
     match (s.code(), s.signal()) {
         (Some(c), _) => format!("exited with status {c}"),
         (None, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
@@ -878,313 +1165,27 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Arguments joined for display, quoted where a shell would need it.
-fn shell_join(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-            if plain {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// A figure with sensible digits.
-fn num(v: f64) -> String {
-    let a = v.abs();
-    if a >= 1000.0 {
-        thousands(v.round() as i64)
-    } else if a >= 100.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn thousands(v: i64) -> String {
-    let digits = v.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if v < 0 { format!("-{out}") } else { out }
-}
-
-fn emit(a: &BenchCmdArgs, r: &CmdRecord) {
-    let line = run_line(r);
-    if a.json {
-        println!("{}", r.to_json_line());
-        eprintln!("{line}");
-    } else {
-        println!("{line}");
-    }
-}
-
-fn run_line(r: &CmdRecord) -> String {
-    let head = format!("  run {:>2}  {:<10}", r.run, r.system.as_str());
-    match r.outcome {
-        Outcome::OomKilled => {
-            let full = r.extra.get("zram_full") == Some(&Value::Bool(true));
-            return format!(
-                "{head}  OOM-killed by the kernel after {:.1} s{}",
-                r.wall_s,
-                if full {
-                    " (zram was full: give a larger --zram-size)"
-                } else {
-                    ""
-                }
-            );
-        }
-        Outcome::TimedOut => {
-            return format!("{head}  timed out: killed after {:.1} s", r.wall_s);
-        }
-        Outcome::Failed => {
-            let tail = r
-                .extra
-                .get("output_tail")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let mut s = format!(
-                "{head}  FAILED after {:.2} s: {}",
-                r.wall_s,
-                r.error.as_deref().unwrap_or("failed")
-            );
-            if tail.trim().is_empty() {
-                s += "; it printed nothing";
-            } else {
-                s += "; its output ends with:";
-                for l in tail.lines() {
-                    s += &format!("\n      | {l}");
-                }
-            }
-            return s;
-        }
-        Outcome::Ok => {}
-    }
-    let mut s = format!(
-        "{head}  {} {:>10}",
-        r.metric_name,
-        r.metric.map(num).unwrap_or_else(|| "-".into()),
-    );
-    if r.metric_regex.is_some() {
-        s += &format!("  wall {:>8} s", num(r.wall_s));
-    }
-    if let Some(f) = r.faults {
-        s += &format!("  major faults {}", thousands(f as i64));
-    }
-    if let Some(m) = r.max_rss_bytes {
-        s += &format!("  max RSS {}", opts::human(m));
-    }
-    match r.system {
-        System::Farmem => {
-            if let Some(p) = r.f("peak_resident_mib") {
-                s += &format!("  peak resident {p:.1} MiB");
-            }
-            if let Some(e) = r.f("evicted_pages") {
-                s += &format!("  evicted {}", thousands(e as i64));
-            }
-            if let Some(x) = r.f("fetched_pages") {
-                s += &format!("  fetched {}", thousands(x as i64));
-            }
-        }
-        System::LinuxSwap => {
-            if let Some(p) = r.f("cgroup_max_usage_bytes") {
-                s += &format!("  cgroup peak {}", opts::human(p as u64));
-            }
-            if let Some(x) = r.f("zram_ratio") {
-                s += &format!("  zram ratio {x:.2}");
-            }
-        }
-        System::AllLocal => {}
-    }
-    s
-}
-
-/// Medians per system (per command and budget, in the order met) and farmem's speed-ups.
-pub fn summary(all: &[CmdRecord]) {
-    let mut groups: Vec<(Vec<String>, u64)> = Vec::new();
-    for r in all {
-        let key = (r.command.clone(), r.local_bytes);
-        if !groups.contains(&key) {
-            groups.push(key);
-        }
-    }
-    for (command, local) in groups {
-        let at: Vec<&CmdRecord> = all
-            .iter()
-            .filter(|r| r.command == command && r.local_bytes == local)
-            .collect();
-        let first = at[0];
-        let higher = first.higher_is_better;
-        let mname = &first.metric_name;
-        let tried = |sys: System| at.iter().any(|r| r.system == sys);
-        let better = if higher {
-            format!("higher {mname} is better")
-        } else {
-            format!("lower {mname} is better")
-        };
-        println!(
-            "medians: `{}` with {} local ({better}{})",
-            shell_join(&command),
-            opts::human(local),
-            if tried(System::Farmem) && at.iter().any(|r| r.system != System::Farmem) {
-                "; speed-up above 1: farmem did better"
-            } else {
-                ""
-            }
-        );
-        let ok = |sys: System| -> Vec<&CmdRecord> {
-            at.iter()
-                .copied()
-                .filter(|r| r.system == sys && r.outcome == Outcome::Ok)
-                .collect()
-        };
-        let med = |rs: &[&CmdRecord], g: &dyn Fn(&CmdRecord) -> Option<f64>| {
-            let v: Vec<f64> = rs.iter().filter_map(|r| g(r)).collect();
-            median(&v)
-        };
-        let metric_of = |sys: System| med(&ok(sys), &|r| r.metric);
-        let farmem = metric_of(System::Farmem);
-        let ratio = |other: Option<f64>| match (farmem, other) {
-            (Some(f), Some(o)) => speedup(f, o, higher)
-                .map(|x| format!("{x:.2}x"))
-                .unwrap_or_else(|| "-".into()),
-            _ => "-".into(),
-        };
-        let wall_col = first.metric_regex.is_some();
-        let vs_swap_col = tried(System::Farmem) && tried(System::LinuxSwap);
-        let vs_local_col = tried(System::Farmem) && tried(System::AllLocal);
-        // Columns: right-aligned figures, then the runs (left-aligned, last).
-        let mut head = vec![mname.clone()];
-        if wall_col {
-            head.push("wall s".into());
-        }
-        head.extend(["major faults".into(), "max RSS".into()]);
-        if vs_swap_col {
-            head.push("vs linux-swap".into());
-        }
-        if vs_local_col {
-            head.push("vs all-local".into());
-        }
-        let mut rows: Vec<(System, Vec<String>, String)> = Vec::new();
-        for sys in [System::Farmem, System::LinuxSwap, System::AllLocal] {
-            let runs: Vec<&CmdRecord> = at.iter().copied().filter(|r| r.system == sys).collect();
-            if runs.is_empty() {
-                continue;
-            }
-            let good = ok(sys);
-            let mut notes = Vec::new();
-            for (o, what) in [
-                (Outcome::OomKilled, "OOM-killed"),
-                (Outcome::TimedOut, "timed out"),
-                (Outcome::Failed, "failed"),
-            ] {
-                let n = runs.iter().filter(|r| r.outcome == o).count();
-                if n > 0 {
-                    notes.push(format!("{n} {what}"));
-                }
-            }
-            let runs_col = if notes.is_empty() {
-                format!("{}/{}", good.len(), runs.len())
-            } else {
-                format!("{}/{} ({})", good.len(), runs.len(), notes.join(", "))
-            };
-            let dash = || "-".to_string();
-            let mut cells = vec![metric_of(sys).map(num).unwrap_or_else(dash)];
-            if wall_col {
-                cells.push(
-                    med(&good, &|r| Some(r.wall_s))
-                        .map(num)
-                        .unwrap_or_else(dash),
-                );
-            }
-            cells.push(
-                med(&good, &|r| r.faults.map(|f| f as f64))
-                    .map(|f| thousands(f.round() as i64))
-                    .unwrap_or_else(dash),
-            );
-            cells.push(
-                med(&good, &|r| r.max_rss_bytes.map(|b| b as f64))
-                    .map(|b| opts::human(b as u64))
-                    .unwrap_or_else(dash),
-            );
-            let mine = sys == System::Farmem;
-            if vs_swap_col {
-                cells.push(if mine {
-                    ratio(metric_of(System::LinuxSwap))
-                } else {
-                    String::new()
-                });
-            }
-            if vs_local_col {
-                cells.push(if mine {
-                    ratio(metric_of(System::AllLocal))
-                } else {
-                    String::new()
-                });
-            }
-            rows.push((sys, cells, runs_col));
-        }
-        let widths: Vec<usize> = head
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                rows.iter()
-                    .map(|r| r.1[i].len())
-                    .chain([h.len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |name: &str, cells: &[String], last: &str| {
-            let mut l = format!("  {name:<10}");
-            for (c, w) in cells.iter().zip(&widths) {
-                l += &format!("  {c:>w$}");
-            }
-            format!("{l}  {last}")
-        };
-        println!("{}", line("system", &head, "runs"));
-        for (sys, cells, runs_col) in &rows {
-            println!("{}", line(sys.as_str(), cells, runs_col).trim_end());
-        }
-        if farmem.is_some() && tried(System::LinuxSwap) && metric_of(System::LinuxSwap).is_none() {
-            println!("  (Linux swap finished no run here: farmem finished, Linux did not)");
-        }
-    }
-}
-
-/// `farmem summarize` for bench-cmd records.
-pub fn summarize_lines(lines: &[String]) -> Result<()> {
-    let all = crate::bench::parse_records(lines, "bench-cmd", CmdRecord::from_json_line)?;
-    summary(&all);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(metric: Option<&str>, higher: bool) -> BenchCmdArgs {
+    fn args(metrics: &[&str], names: &[&str], higher: bool) -> BenchCmdArgs {
         BenchCmdArgs {
-            local_mem: 8 << 20,
+            local_mem: Some(8 << 20),
+            local_frac: None,
             backend: "mem:".into(),
             run_args: Vec::new(),
             systems: None,
             runs: 1,
-            metric: metric.map(Into::into),
+            metric: metrics.iter().map(|s| s.to_string()).collect(),
             higher_is_better: higher,
-            metric_name: None,
+            metric_name: names.iter().map(|s| s.to_string()).collect(),
+            reject: Vec::new(),
+            client: None,
+            port: None,
+            ready_timeout: 60.0,
+            stop_grace: 10.0,
+            label: None,
             timeout: None,
             zram_size: None,
             json: false,
@@ -1194,18 +1195,23 @@ mod tests {
         }
     }
 
+    fn one(metric: Option<&str>) -> Metric {
+        let m: Vec<&str> = metric.into_iter().collect();
+        Metrics::new(&args(&m, &[], false)).unwrap().list.remove(0)
+    }
+
     #[test]
     fn metric_takes_the_last_match() {
-        let m = Metric::new(&args(Some(r"sort ([0-9.]+) s"), false)).unwrap();
+        let m = one(Some(r"sort ([0-9.]+) s"));
         assert_eq!(m.name, "metric");
         let out = "quicksort: 32 MiB\nquicksort: sort 1.500 s (fill 0.1 s)\nquicksort: sort 2.250 s\nquicksort: ok\n";
         assert_eq!(m.extract(out, 9.0), Ok(2.25));
         let e = m.extract("nothing here\n", 9.0).unwrap_err();
         assert!(e.contains("matched nothing"), "{e}");
-        let m = Metric::new(&args(Some(r"sort (\S+) s"), false)).unwrap();
+        let m = one(Some(r"sort (\S+) s"));
         let e = m.extract("sort fast s\n", 1.0).unwrap_err();
         assert!(e.contains("not a number"), "{e}");
-        let wall = Metric::new(&args(None, false)).unwrap();
+        let wall = one(None);
         assert_eq!(wall.name, "wall s");
         assert_eq!(wall.extract("anything", 3.5), Ok(3.5));
     }
@@ -1213,44 +1219,57 @@ mod tests {
     #[test]
     fn metric_needs_one_group() {
         for bad in [r"sort [0-9.]+ s", r"(a)(b)"] {
-            let e = Metric::new(&args(Some(bad), false)).unwrap_err();
+            let e = Metrics::new(&args(&[bad], &[], false)).unwrap_err();
             assert!(e.to_string().contains("exactly one capture group"), "{e}");
         }
-        let e = Metric::new(&args(Some("(unclosed"), false)).unwrap_err();
+        let e = Metrics::new(&args(&["(unclosed"], &[], false)).unwrap_err();
         assert!(e.to_string().contains("not a regular expression"), "{e}");
         // A non-capturing group does not count.
-        assert!(Metric::new(&args(Some(r"(?:x|y) ([0-9]+)"), false)).is_ok());
+        assert!(Metrics::new(&args(&[r"(?:x|y) ([0-9]+)"], &[], false)).is_ok());
     }
 
     #[test]
-    fn speedup_follows_the_direction() {
-        // Times: farmem 2 s against 4 s is twice as good.
-        assert_eq!(speedup(2.0, 4.0, false), Some(2.0));
-        // Rates: farmem 100/s against 400/s is a quarter as good.
-        assert_eq!(speedup(100.0, 400.0, true), Some(0.25));
-        assert_eq!(speedup(0.0, 4.0, false), None);
-        assert_eq!(speedup(1.0, f64::NAN, true), None);
+    fn several_metrics_pair_with_their_names() {
+        let m = Metrics::new(&args(
+            &[r"SET: ([0-9.]+)", r"GET: ([0-9.]+)"],
+            &["SET req/s", "GET req/s"],
+            true,
+        ))
+        .unwrap();
+        assert!(m.higher_is_better);
+        let out = "SET: 100.5 requests per second\nGET: 200 requests per second\n";
+        let got: Vec<(String, f64)> = m
+            .list
+            .iter()
+            .map(|x| (x.name.clone(), x.extract(out, 1.0).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [("SET req/s".into(), 100.5), ("GET req/s".into(), 200.0)]
+        );
+        let e = Metrics::new(&args(&["a(1)", "b(2)"], &["a"], false)).unwrap_err();
+        assert!(
+            e.to_string().contains("one --metric-name per --metric"),
+            "{e}"
+        );
+        let e = Metrics::new(&args(&["a(1)", "b(2)"], &["x", "x"], false)).unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+        let e = Metrics::new(&args(&["a(1)"], &["x", "y"], false)).unwrap_err();
+        assert!(e.to_string().contains("one name per --metric"), "{e}");
+        // The wall time can be named too.
+        let m = Metrics::new(&args(&[], &["total s"], false)).unwrap();
+        assert_eq!(m.list[0].name, "total s");
+        assert!(m.list[0].re.is_none());
     }
 
     #[test]
-    fn farmem_stats_are_parsed_and_stripped() {
-        let out = "skewed: 123 updates/s\n\
-farmem: stats at exit (sigbus fault mode, compressed:lz4 tier)\n\
-farmem:   faults: 1234 major, 56 minor, 78 zero-fill, 0 spurious\n\
-farmem:   major fault latency: mean 5.1 us, p50 4.2 us, p99 13.6 us, p99.9 40.0 us\n\
-farmem:   fetched 2000 pages; prefetched 766 (accuracy 90%, coverage 38%)\n\
-farmem:   evicted 3000 pages: 1000 written back, 1900 clean dropped, 100 zero; 42 demoted; 1 direct reclaims\n\
-farmem:   resident 7.9 MiB (peak 8.0) of 8.0 MiB budget; far tier 6000 pages in 11.2 MiB (ratio 2.13)\n";
-        let m = farmem_stats(out);
-        assert_eq!(m["major_faults"], 1234);
-        assert_eq!(m["zero_faults"], 78);
-        assert_eq!(m["fault_p99_us"], 13.6);
-        assert_eq!(m["prefetched_pages"], 766);
-        assert_eq!(m["direct_reclaims"], 1);
-        assert_eq!(m["peak_resident_mib"], 8.0);
-        assert_eq!(m["far_ratio"], 2.13);
-        assert_eq!(strip_farmem_stats(out), "skewed: 123 updates/s\n");
-        assert!(farmem_stats("no stats\n").is_empty());
+    fn fraction_budgets_are_whole_pages() {
+        assert_eq!(frac_budget(0.25, 400 << 20), 100 << 20);
+        assert_eq!(frac_budget(2.0, 400 << 20), 800 << 20);
+        assert_eq!(frac_budget(0.3, 10_000_000) % 4096, 0);
+        let b = frac_budget(0.3, 10_000_000);
+        assert!(b.abs_diff(3_000_000) <= 2048, "{b}");
+        assert_eq!(frac_budget(0.001, 1 << 20), MIN_BUDGET);
     }
 
     #[test]
@@ -1271,6 +1290,16 @@ farmem:   resident 7.9 MiB (peak 8.0) of 8.0 MiB budget; far tier 6000 pages in 
             signal: Some(9),
             max_rss_bytes: Some(1 << 28),
             error: None,
+            label: None,
+            client: None,
+            local_frac: None,
+            footprint_bytes: None,
+            farmem_minor_faults: None,
+            farmem_major_faults: None,
+            farmem_zero_faults: None,
+            linux_minor_faults: Some(100),
+            linux_major_faults: Some(7),
+            fault_seconds: Some(12.5),
             extra: Map::new(),
         };
         r.set_extra("oom_kills", 1);
@@ -1280,22 +1309,51 @@ farmem:   resident 7.9 MiB (peak 8.0) of 8.0 MiB budget; far tier 6000 pages in 
         assert_eq!(v["outcome"], "oom-killed");
         assert_eq!(v["metric"], Value::Null);
         assert_eq!(v["extra"]["oom_kills"], 1);
+        assert_eq!(v["farmem_minor_faults"], Value::Null);
+        assert_eq!(v["linux_minor_faults"], 100);
+        // Modes not used leave no trace.
+        assert!(v.get("local_frac").is_none() && v.get("client").is_none());
         assert_eq!(CmdRecord::from_json_line(&line).unwrap(), r);
+        r.local_frac = Some(0.25);
+        r.footprint_bytes = Some(1 << 30);
+        r.client = Some("redis-benchmark -q".into());
+        r.label = Some("redis 64 B".into());
+        let line = r.to_json_line();
+        assert_eq!(CmdRecord::from_json_line(&line).unwrap(), r);
+        // Records written before the fault fields existed still read.
+        let mut old: Value = serde_json::from_str(&line).unwrap();
+        let o = old.as_object_mut().unwrap();
+        for k in [
+            "label",
+            "client",
+            "local_frac",
+            "footprint_bytes",
+            "farmem_minor_faults",
+            "farmem_major_faults",
+            "farmem_zero_faults",
+            "linux_minor_faults",
+            "linux_major_faults",
+            "fault_seconds",
+        ] {
+            o.remove(k);
+        }
+        let back = CmdRecord::from_json_line(&old.to_string()).unwrap();
+        assert_eq!(back.linux_minor_faults, None);
+        assert_eq!(back.local_frac, None);
     }
 
     #[test]
-    fn formatting_helpers() {
-        assert_eq!(thousands(1234567), "1,234,567");
-        assert_eq!(thousands(-1000), "-1,000");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(num(12.3456), "12.35");
-        assert_eq!(num(0.01234), "0.012");
-        assert_eq!(num(949214.4), "949,214");
-        assert_eq!(
-            shell_join(&["sh".into(), "-c".into(), "exit 3".into(), "it's".into()]),
-            r"sh -c 'exit 3' 'it'\''s'"
-        );
+    fn helpers() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("", 2), "");
+        assert_eq!(program_name("/usr/bin/redis-server"), "redis-server");
+        assert_eq!(
+            describe_status(Some(ExitStatus::from_raw(3 << 8))),
+            "exited with status 3"
+        );
+        assert_eq!(
+            describe_status(Some(ExitStatus::from_raw(libc::SIGKILL))),
+            "was killed by signal 9 (SIGKILL)"
+        );
     }
 }

@@ -2,18 +2,30 @@
 //! clients, under farmem (`farmem run`), under Linux swap (a memory cgroup swapping to
 //! zram) and all-local, at several local-memory fractions.
 
-use crate::opts;
+use crate::{farmem_stats, opts};
 use anyhow::{Context, Result, anyhow, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use farmem_bench::System;
 use farmem_bench::linux_swap::{self, SwapBaseline, SwapConfig};
 use farmem_bench::median;
 use farmem_bench::redis::{
     self, Dataset, RedisRecord, RedisServer, RunConfig, ServerConfig, WorkloadKind,
 };
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// What the --local fractions are fractions of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LocalOf {
+    /// The dataset's value bytes (--dataset).
+    Dataset,
+    /// Redis's footprint: all-local's peak RSS in the first run. Each run then starts
+    /// with all-local (once, not once per fraction), and farmem and linux-swap follow at
+    /// every fraction.
+    Footprint,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchRedisArgs {
@@ -32,6 +44,10 @@ pub struct BenchRedisArgs {
     /// Redis's heap is larger than the dataset, it may still swap there (so may farmem).
     #[arg(long, value_delimiter = ',', default_value = "0.125,0.25,0.5,1")]
     pub local: Vec<f64>,
+    /// What --local's fractions are of: the dataset, or the footprint (all-local's peak
+    /// RSS in the first run; all-local must be among --systems).
+    #[arg(long = "local-of", value_enum, default_value = "dataset")]
+    pub local_of: LocalOf,
     /// Systems to run, comma-separated: farmem (Redis under `farmem run`), linux-swap
     /// (Redis in a memory cgroup capped at the budget, swapping to zram; root needed),
     /// all-local (plain Redis, no limit).
@@ -121,10 +137,19 @@ pub fn run(a: BenchRedisArgs) -> Result<()> {
         bail!("no system left to run");
     }
     let header = format!(
-        "bench-redis: {} over {} of values ({} keys), {} client(s) x pipeline {}, {}s (+{}s warm-up) x {} run(s); systems {}; farmem backend {}",
+        "bench-redis: {} over {} of values ({} keys), local {} of the {}, {} client(s) x pipeline {}, {}s (+{}s warm-up) x {} run(s); systems {}; farmem backend {}",
         a.workload,
         opts::human(dataset.bytes()),
         dataset.keys(),
+        a.local
+            .iter()
+            .map(|f| crate::bench_cmd::pct(*f))
+            .collect::<Vec<_>>()
+            .join(", "),
+        match a.local_of {
+            LocalOf::Dataset => "dataset",
+            LocalOf::Footprint => "footprint (all-local's peak RSS)",
+        },
         a.clients,
         a.pipeline,
         a.duration,
@@ -143,17 +168,65 @@ pub fn run(a: BenchRedisArgs) -> Result<()> {
         println!("{header}");
     }
     let mut all: Vec<RedisRecord> = Vec::new();
-    for &(fraction, bytes) in &budgets {
-        for run in 1..=a.runs {
-            for &sys in &systems {
-                let rec = measure(&a, &dataset, sys, fraction, bytes, run).with_context(|| {
-                    format!(
-                        "{sys} run {run} at local fraction {fraction} ({})",
-                        opts::human(bytes)
-                    )
-                })?;
+    let one = |sys: System, fraction: f64, bytes: u64, fp: Option<u64>, run: usize| {
+        measure(&a, &dataset, sys, fraction, bytes, fp, run).with_context(|| {
+            format!(
+                "{sys} run {run} at local fraction {fraction} ({})",
+                opts::human(bytes)
+            )
+        })
+    };
+    match a.local_of {
+        LocalOf::Dataset => {
+            for &(fraction, bytes) in &budgets {
+                for run in 1..=a.runs {
+                    for &sys in &systems {
+                        let rec = one(sys, fraction, bytes, None, run)?;
+                        emit(&a, &rec);
+                        all.push(rec);
+                    }
+                }
+            }
+        }
+        LocalOf::Footprint => {
+            let mut footprint: Option<u64> = None;
+            for run in 1..=a.runs {
+                // all-local first: its first run's peak RSS is the footprint.
+                let mut rec = one(
+                    System::AllLocal,
+                    1.0,
+                    footprint.unwrap_or(a.dataset),
+                    footprint,
+                    run,
+                )?;
+                let fp = match footprint {
+                    Some(fp) => fp,
+                    None => {
+                        let Some(fp) = rec.extra.get("peak_rss_bytes").and_then(|v| v.as_u64())
+                        else {
+                            bail!(
+                                "all-local run 1 left no peak RSS (/proc/PID/status VmHWM), so there is no footprint to take --local fractions of; use --local-of dataset"
+                            );
+                        };
+                        footprint = Some(fp);
+                        fp
+                    }
+                };
+                rec.footprint_bytes = Some(fp);
+                rec.local_bytes = fp;
+                rec.local_fraction = fp as f64 / a.dataset as f64;
                 emit(&a, &rec);
                 all.push(rec);
+                for &f in &a.local {
+                    let bytes = budget(f, fp);
+                    for &sys in systems.iter().filter(|s| **s != System::AllLocal) {
+                        let mut rec =
+                            one(sys, bytes as f64 / a.dataset as f64, bytes, Some(fp), run)?;
+                        rec.footprint_frac = Some(f);
+                        emit(&a, &rec);
+                        all.push(rec);
+                    }
+                }
             }
         }
     }
@@ -201,6 +274,11 @@ fn validate(a: &BenchRedisArgs) -> Result<()> {
     }
     if a.dataset < 4096 {
         bail!("--dataset must be at least 4 KiB");
+    }
+    if a.local_of == LocalOf::Footprint && !a.systems.contains(&System::AllLocal) {
+        bail!(
+            "--local-of footprint takes fractions of all-local's peak RSS: keep all-local in --systems"
+        );
     }
     Ok(())
 }
@@ -257,7 +335,9 @@ fn preflight_farmem(a: &BenchRedisArgs, local: u64) -> Result<()> {
     Ok(())
 }
 
-/// `<this farmem> run --local-mem B --backend URI [--run-arg...] --`
+/// `<this farmem> run --local-mem B --backend URI --stats [--run-arg...] --`
+/// `--stats`: the server prints farmem's summary at exit, whose fault counts go in the
+/// record.
 fn farmem_wrapper(a: &BenchRedisArgs, local: u64) -> Result<Vec<String>> {
     let exe = match &a.farmem {
         Some(p) => p.clone(),
@@ -270,6 +350,7 @@ fn farmem_wrapper(a: &BenchRedisArgs, local: u64) -> Result<Vec<String>> {
         local.to_string(),
         "--backend".into(),
         a.backend.clone(),
+        "--stats".into(),
     ];
     w.extend(a.run_args.iter().cloned());
     w.push("--".into());
@@ -299,12 +380,15 @@ fn measure(
     sys: System,
     fraction: f64,
     local: u64,
+    footprint: Option<u64>,
     run: usize,
 ) -> Result<RedisRecord> {
     let mut rec = RedisRecord::new(
         sys, a.workload, a.dataset, local, a.clients, a.pipeline, run,
     );
     rec.local_fraction = fraction;
+    rec.footprint_bytes = footprint;
+    let t0 = Instant::now();
     rec.set_extra("value_bytes", dataset.bytes());
     rec.set_extra("keys", dataset.keys());
     match sys {
@@ -312,34 +396,48 @@ fn measure(
             let cfg = server_config(a, Vec::new());
             let server = RedisServer::start(&cfg)?;
             let mut phase = "start";
-            phases(a, dataset, server, &mut rec, &mut phase, None)?;
+            phases(a, dataset, server, &mut rec, &mut phase, None, t0)?;
         }
         System::Farmem => {
             rec.set_extra("backend", &a.backend);
             let cfg = server_config(a, farmem_wrapper(a, local)?);
             let server = RedisServer::start(&cfg)?;
             let mut phase = "start";
-            phases(a, dataset, server, &mut rec, &mut phase, None)?;
+            phases(a, dataset, server, &mut rec, &mut phase, None, t0)?;
         }
         System::LinuxSwap => {
             let baseline = SwapBaseline::setup(swap_config(a, local))?;
             let vm0 = vmstat();
+            let stat0 = baseline.memory_stat()?;
             let cfg = server_config(a, Vec::new());
             let mut phase = "start";
             let res = RedisServer::start_in(&cfg, &baseline)
                 .map_err(anyhow::Error::from)
                 .and_then(|server| {
-                    phases(a, dataset, server, &mut rec, &mut phase, Some(&baseline))
+                    phases(
+                        a,
+                        dataset,
+                        server,
+                        &mut rec,
+                        &mut phase,
+                        Some(&baseline),
+                        t0,
+                    )
                 });
             let oom = opts::oom_kills(baseline.cgroup_path());
             let vm1 = vmstat();
-            let delta = |k: &str| {
-                vm1.get(k)
-                    .unwrap_or(&0)
-                    .saturating_sub(*vm0.get(k).unwrap_or(&0))
-            };
-            rec.set_extra("pswpin", delta("pswpin"));
-            rec.set_extra("pswpout", delta("pswpout"));
+            let stat1 = baseline.memory_stat()?;
+            let d = |k: &str| delta(&stat0, &stat1, k);
+            rec.set_extra("linux_major_faults", d("pgmajfault"));
+            rec.set_extra(
+                "linux_minor_faults",
+                d("pgfault").saturating_sub(d("pgmajfault")),
+            );
+            if !rec.extra.contains_key("fault_seconds") {
+                rec.set_extra("fault_seconds", t0.elapsed().as_secs_f64());
+            }
+            rec.set_extra("pswpin", delta(&vm0, &vm1, "pswpin"));
+            rec.set_extra("pswpout", delta(&vm0, &vm1, "pswpout"));
             rec.set_extra("cgroup_max_usage_bytes", baseline.max_usage_bytes()?);
             if oom > 0 {
                 rec.set_extra("oom_kills", oom);
@@ -377,6 +475,7 @@ fn phases(
     rec: &mut RedisRecord,
     phase: &mut &'static str,
     baseline: Option<&SwapBaseline>,
+    started: Instant,
 ) -> Result<()> {
     let res = phases_inner(a, dataset, &server, rec, phase);
     if let Err(e) = res {
@@ -392,6 +491,13 @@ fn phases(
     }
     if let Some(rss) = server.peak_rss_bytes() {
         rec.set_extra("peak_rss_bytes", rss);
+    }
+    if baseline.is_none()
+        && let Some((minor, major)) = proc_faults(server.pid())
+    {
+        // The kernel's view of the server itself (the memory cgroup's, under Linux swap).
+        rec.set_extra("linux_minor_faults", minor);
+        rec.set_extra("linux_major_faults", major);
     }
     if let Some((orig, compr)) = baseline.and_then(|b| b.zram_usage())
         && compr > 0
@@ -413,11 +519,39 @@ fn phases(
             stopped.log
         );
     }
-    // `--run-arg=--stats` makes the server print farmem's summary at exit: pass it on.
+    rec.set_extra("fault_seconds", started.elapsed().as_secs_f64());
+    // Under farmem (`run --stats`) the server printed farmem's summary at exit.
+    let stats = farmem_stats::parse(&stopped.log);
+    for (key, field) in [
+        ("farmem_minor_faults", "minor_faults"),
+        ("farmem_major_faults", "major_faults"),
+        ("farmem_zero_faults", "zero_faults"),
+    ] {
+        if let Some(v) = stats.get(field) {
+            rec.set_extra(key, v);
+        }
+    }
     for line in stopped.log.lines().filter(|l| l.starts_with("farmem")) {
         eprintln!("    {line}");
     }
     Ok(())
+}
+
+/// A process's (minor, major) faults so far, from /proc/PID/stat.
+fn proc_faults(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state ppid pgrp session
+    // tty_nr tpgid flags minflt cminflt majflt ...
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(7)?.parse().ok()?, f.get(9)?.parse().ok()?))
+}
+
+fn delta(m0: &BTreeMap<String, u64>, m1: &BTreeMap<String, u64>, k: &str) -> u64 {
+    m1.get(k)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(m0.get(k).copied().unwrap_or(0))
 }
 
 fn phases_inner(
@@ -491,7 +625,7 @@ fn phases_inner(
     Ok(())
 }
 
-fn vmstat() -> std::collections::BTreeMap<String, u64> {
+fn vmstat() -> BTreeMap<String, u64> {
     std::fs::read_to_string("/proc/vmstat")
         .unwrap_or_default()
         .lines()
@@ -513,9 +647,15 @@ fn emit(a: &BenchRedisArgs, r: &RedisRecord) {
 }
 
 fn run_line(r: &RedisRecord) -> String {
+    // With --local-of footprint, the fraction of the footprint (none for all-local).
+    let local = match (r.footprint_frac, r.footprint_bytes) {
+        (Some(f), _) => crate::bench_cmd::pct(f),
+        (None, Some(_)) => "-".into(),
+        (None, None) => r.local_fraction.to_string(),
+    };
     let head = format!(
         "  local {:<6} ({:>9})  run {:>2}  {:<10}",
-        r.local_fraction,
+        local,
         opts::human(r.local_bytes),
         r.run,
         r.system.as_str()
@@ -555,21 +695,34 @@ fn run_line(r: &RedisRecord) -> String {
 
 /// Medians per fraction and system, and the ratios every figure is reported as.
 pub fn summary(all: &[RedisRecord]) {
+    // With --local-of footprint the rows are fractions of the footprint, and all-local
+    // (which ran once per run, with no budget) belongs to each of them.
+    let key = |r: &RedisRecord| r.footprint_frac.unwrap_or(r.local_fraction);
+    let everywhere = |r: &RedisRecord| r.footprint_bytes.is_some() && r.footprint_frac.is_none();
     let mut fractions: Vec<f64> = Vec::new();
-    for r in all {
-        if !fractions.contains(&r.local_fraction) {
-            fractions.push(r.local_fraction);
+    for r in all.iter().filter(|r| !everywhere(r)) {
+        if !fractions.contains(&key(r)) {
+            fractions.push(key(r));
         }
+    }
+    if fractions.is_empty()
+        && let Some(r) = all.first()
+    {
+        fractions.push(key(r));
     }
     let Some(first) = all.first() else {
         return;
     };
     println!(
-        "medians ({} over {} of values, {} client(s) x pipeline {}):",
+        "medians ({} over {} of values, {} client(s) x pipeline {}; local: fraction of {}):",
         first.workload,
         opts::human(first.dataset_bytes),
         first.clients,
-        first.pipeline
+        first.pipeline,
+        match first.footprint_bytes {
+            Some(fp) => format!("the footprint, {}", opts::human(fp)),
+            None => "the dataset".into(),
+        }
     );
     println!(
         "  {:<7} {:>9}  {:<10} {:>10} {:>9} {:>9} {:>6} {:>7}  {:>13} {:>12}",
@@ -585,7 +738,10 @@ pub fn summary(all: &[RedisRecord]) {
         "vs all-local"
     );
     for f in fractions {
-        let at: Vec<&RedisRecord> = all.iter().filter(|r| r.local_fraction == f).collect();
+        let at: Vec<&RedisRecord> = all
+            .iter()
+            .filter(|r| key(r) == f || everywhere(r))
+            .collect();
         let ops = |sys: System| {
             let v: Vec<f64> = at
                 .iter()

@@ -5,11 +5,13 @@ mod bench_cmd;
 mod bench_redis;
 mod bench_remote;
 mod demo;
+mod farmem_stats;
 mod floor;
 mod node_child;
 mod opts;
 mod run;
 mod serve;
+mod table;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -63,9 +65,12 @@ enum Command {
     /// Runs PROGRAM under `farmem run --local-mem LOCAL_MEM --stats` (farmem), in a memory
     /// cgroup capped at LOCAL_MEM swapping to zram (linux-swap; set up and torn down here,
     /// root needed) and plainly (all-local), the systems taking turns in each of --runs
-    /// runs. Reports, per run and as medians, the wall time, the metric (--metric REGEX
-    /// reads it from the program's output; default: wall seconds), major faults and
+    /// runs. Reports, per run and as medians, the wall time, the metrics (each --metric
+    /// REGEX reads one from the program's output; default: wall seconds), faults and
     /// maximum RSS, and farmem's speed-up over the other two (above 1: farmem did better).
+    /// --local-frac takes the budgets as fractions of all-local's maximum RSS instead.
+    /// With --client CMD, PROGRAM is a server under each system and CMD, run plainly, its
+    /// load, from whose output the metrics come.
     #[command(name = "bench-cmd")]
     BenchCmd(bench_cmd::BenchCmdArgs),
     /// The remote tier beside the network's floor: starts a memory node (`farmem serve`)
@@ -95,8 +100,12 @@ enum Command {
     #[command(name = "node-status")]
     NodeStatus(serve::NodeStatusArgs),
     /// Reads `farmem bench --json`, `farmem bench-redis --json` or `farmem bench-cmd --json`
-    /// lines on stdin and prints their medians and ratios.
-    Summarize,
+    /// lines (from FILEs, or stdin) and prints their medians and ratios.
+    ///
+    /// With --table, prints one markdown table of bench-cmd and bench-redis records (mixed
+    /// freely): a row per workload and budget with the medians of farmem, Linux swap and
+    /// all-local, farmem's ratios to both, and the fault rates behind them.
+    Summarize(table::SummarizeArgs),
     /// Internal: runs a workload all-local in this process (the Linux-swap child).
     #[command(hide = true, name = "__worker")]
     Worker {
@@ -117,7 +126,7 @@ fn main() {
         Command::Run(a) => run::run(a),
         Command::Serve(a) => serve::serve(a),
         Command::NodeStatus(a) => serve::node_status(a),
-        Command::Summarize => bench::summarize_stdin(),
+        Command::Summarize(a) => table::summarize(a),
         Command::Worker { job } => worker::run(&job),
     };
     if let Err(e) = result {

@@ -268,6 +268,103 @@ fn bench_redis_all_local_json() {
     );
 }
 
+/// --local-of footprint: all-local first in each run (once), its first run's peak RSS is
+/// the footprint, farmem runs at each fraction of it, and farmem's summary at exit (the
+/// server stops through SHUTDOWN) gives the fault counts; `summarize --table` reads them.
+#[test]
+fn bench_redis_budgets_from_the_footprint() {
+    if missing_redis().is_some() {
+        return;
+    }
+    let out = farmem(&[
+        "bench-redis",
+        "--workload",
+        "lrange",
+        "--dataset",
+        "8M",
+        "--local",
+        "0.5,2",
+        "--local-of",
+        "footprint",
+        "--systems",
+        "farmem,all-local",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--runs",
+        "1",
+        "--clients",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let recs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let order: Vec<(&str, Option<f64>)> = recs
+        .iter()
+        .map(|v| (v["system"].as_str().unwrap(), v["footprint_frac"].as_f64()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("all-local", None),
+            ("farmem", Some(0.5)),
+            ("farmem", Some(2.0))
+        ]
+    );
+    let fp = recs[0]["extra"]["peak_rss_bytes"].as_u64().unwrap();
+    assert!(
+        fp > 8 * MIB,
+        "Redis holds more than its 8 MiB of values: {fp}"
+    );
+    for v in &recs {
+        assert_eq!(v["footprint_bytes"], fp, "{v}");
+        assert_eq!(v["wrong"], 0, "{v}");
+        assert!(v["extra"]["fault_seconds"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["extra"]["linux_minor_faults"].as_u64().is_some(), "{v}");
+    }
+    assert_eq!(recs[0]["local_bytes"], fp);
+    for v in &recs[1..] {
+        let want =
+            (v["footprint_frac"].as_f64().unwrap() * fp as f64 / 4096.0).ceil() as u64 * 4096;
+        assert_eq!(v["local_bytes"], want, "{v}");
+        assert!(
+            v["extra"]["farmem_zero_faults"].as_u64().unwrap() > 0,
+            "{v}"
+        );
+        assert!(v["extra"]["farmem_minor_faults"].as_u64().is_some(), "{v}");
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("redis-fp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lrange.jsonl");
+    std::fs::write(&file, &stdout).unwrap();
+    let tab = farmem(&["summarize", "--table", file.to_str().unwrap()]);
+    let t = String::from_utf8_lossy(&tab.stdout);
+    assert!(tab.status.success(), "{t}");
+    let rows: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("| redis lrange"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{t}");
+    assert!(
+        rows[0].contains("| 50% (") && rows[1].contains("| 200% ("),
+        "{t}"
+    );
+    // all-local's figure stands in both rows.
+    let cell = |r: &str, i: usize| r.split('|').map(str::trim).nth(i).unwrap().to_owned();
+    assert_eq!(cell(rows[0], 5), cell(rows[1], 5), "{t}");
+    assert_ne!(cell(rows[0], 5), "-", "{t}");
+}
+
 /// Linux swap for real, when the machine allows it (root, cgroup v1, zram): the run either
 /// measures or is reported as OOM-killed, never an error.
 #[test]
@@ -327,6 +424,20 @@ fn bench_redis_bad_input_gets_one_clear_line() {
         (&["bench-redis", "--workload", "scan"], "get-mix or lrange"),
         (&["bench-redis", "--dataset", "1.5G"], "fractions like 1.5G"),
         (&["bench-redis", "--clients", "0"], "must be positive"),
+        (
+            &[
+                "bench-redis",
+                "--local-of",
+                "footprint",
+                "--systems",
+                "farmem",
+            ],
+            "keep all-local in --systems",
+        ),
+        (
+            &["bench-redis", "--local-of", "rss"],
+            "possible values: dataset, footprint",
+        ),
         (
             &[
                 "bench-redis",

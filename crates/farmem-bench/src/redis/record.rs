@@ -40,6 +40,14 @@ pub struct RedisRecord {
     pub errors: u64,
     /// The kernel's OOM killer stopped the server (Linux swap in its memory cgroup).
     pub oom_killed: bool,
+    /// With budgets taken from the footprint (`bench-redis --local-of footprint`): the
+    /// footprint, all-local's peak RSS in the first run, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint_bytes: Option<u64>,
+    /// With budgets taken from the footprint: `local_bytes` as a fraction of it (None for
+    /// all-local, which runs once per run with no budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint_frac: Option<f64>,
     /// Anything else worth keeping (load time, Redis's memory use, swap counters, ...).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
@@ -75,6 +83,8 @@ impl RedisRecord {
             wrong: 0,
             errors: 0,
             oom_killed: false,
+            footprint_bytes: None,
+            footprint_frac: None,
             extra: Map::new(),
         }
     }
@@ -139,6 +149,11 @@ mod tests {
         assert_eq!(RedisRecord::from_json_line(&line).unwrap(), r);
         let plain = RedisRecord::new(System::AllLocal, WorkloadKind::Lrange, 1, 1, 1, 1, 1);
         assert!(!plain.to_json_line().contains("extra"));
+        assert!(!plain.to_json_line().contains("footprint"));
+        let mut fp = plain.clone();
+        fp.footprint_bytes = Some(1 << 20);
+        fp.footprint_frac = Some(0.5);
+        assert_eq!(RedisRecord::from_json_line(&fp.to_json_line()).unwrap(), fp);
     }
 
     #[test]
