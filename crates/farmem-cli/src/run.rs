@@ -41,7 +41,7 @@ pub struct RunArgs {
     /// ten times slower per fault here) or auto (sigbus where available).
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub fault_mode: String,
-    /// Turn off the object prefetch (on by default): a fault inside a heap block of 2 to
+    /// Turn off the object prefetch (on by default): a fault inside a heap block of 8 to
     /// 256 KiB that goes on past the faulting page brings in the rest of the block, and
     /// the prefetcher does not fetch past it.
     #[arg(long)]
