@@ -7,6 +7,7 @@ pub mod event;
 pub mod mem;
 pub mod net;
 pub mod raw;
+pub mod sched;
 pub mod signal;
 pub mod smaps;
 pub mod sud;
