@@ -41,6 +41,20 @@ pub fn parse(output: &str) -> Map<String, Value> {
             &["major_faults", "minor_faults", "zero_faults"],
         ),
         (
+            r"first touches: N pages zero-filled ahead of use",
+            &["zero_ahead_pages"],
+        ),
+        (
+            r"hot set: N chunks passed, N by accessed bits; N pages kept mapped, N found cold while mapped",
+            &[
+                "aged_chunks",
+                "counted_chunks",
+                "kept_mapped_pages",
+                "cold_mapped_pages",
+            ],
+        ),
+        (r"N left out by the accuracy cap", &["prefetch_throttled_pages"]),
+        (
             r"major fault latency: mean N us, p50 N us, p99 N us, p99\.9 N us",
             &[
                 "fault_mean_us",

@@ -131,6 +131,35 @@ fn readahead_cuts_blocking_faults_on_a_scan() {
     );
 }
 
+/// Objects of two pages read whole at random places: readahead's bet on the page after an
+/// object's first is right, the window it then grows runs into the next objects and is
+/// wasted. The accuracy throttle caps what the prefetcher may take once it sees that.
+#[test]
+fn prefetches_that_miss_are_throttled() {
+    let e = engine(256, PrefetchKind::Readahead);
+    let r = e.map(8192 * PAGE).unwrap();
+    for p in 0..8192 {
+        write_u64(&r, p, p as u64);
+    }
+    e.reset_stats();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..6000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let p = (x % 4096) as usize * 2;
+        assert_eq!(read_u64(&r, p), p as u64);
+        assert_eq!(read_u64(&r, p + 1), p as u64 + 1);
+    }
+    let st = e.stats();
+    eprintln!("{st}");
+    assert!(st.prefetch_throttled > 0, "{st}");
+    assert!(
+        st.prefetch_accuracy() > 0.39,
+        "readahead alone is right for about a third of its pages here: {st}"
+    );
+}
+
 #[test]
 fn advice_and_explicit_prefetch() {
     let e = engine(64, PrefetchKind::Readahead);

@@ -248,3 +248,48 @@ fn budget_changes_while_threads_fault() {
         stop.store(true, Ordering::Relaxed);
     });
 }
+
+/// First touches from many threads at once, interleaved page by page, so that the
+/// zero-fill runs one thread maps run over pages others are faulting on, while a 3%
+/// budget keeps the reclaimer evicting them (all-zero pages are freed without a far
+/// copy, touched ones written back). Every page ends with exactly what its thread wrote.
+#[test]
+fn first_touches_race_zero_fill_runs_and_the_reclaimer() {
+    const PAGES: usize = 4096;
+    const THREADS: usize = 6;
+    let engine = Engine::builder()
+        .local_budget(128 * PAGE)
+        .backend(Arc::new(Memory::new()))
+        .build()
+        .unwrap();
+    let region = engine.map(PAGES * PAGE).unwrap();
+    let base = region.as_ptr() as usize;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            s.spawn(move || {
+                // Thread t writes pages t, t + THREADS, ... front to back, one word each,
+                // and checks that the rest of the page still reads zero.
+                for p in (t..PAGES).step_by(THREADS) {
+                    let page = (base + p * PAGE) as *mut u64;
+                    // SAFETY: inside the region; page p belongs to thread t alone.
+                    unsafe { page.add(p % 512).write_volatile(p as u64 + 1) };
+                    // SAFETY: as above.
+                    let other = unsafe { page.add((p + 1) % 512).read_volatile() };
+                    assert_eq!(other, 0, "page {p}: a word nobody wrote");
+                }
+            });
+        }
+    });
+    for p in 0..PAGES {
+        let page = (base + p * PAGE) as *const u64;
+        for w in 0..PAGE / 8 {
+            // SAFETY: inside the region.
+            let v = unsafe { page.add(w).read_volatile() };
+            let want = if w == p % 512 { p as u64 + 1 } else { 0 };
+            assert_eq!(v, want, "page {p} word {w}");
+        }
+    }
+    let st = engine.stats();
+    assert!(st.zero_ahead_pages > 0, "runs were mapped: {st}");
+    assert!(st.peak_resident_pages <= 128, "{st}");
+}

@@ -5,10 +5,13 @@
 //! install; one that hits saves a major fault. On a program whose objects span a page or
 //! two at random places (Redis values of a few KiB), readahead's bet on the next pages is
 //! right for the object's own next page and wrong for the rest: measured at 33% on
-//! redis-benchmark. So every [`EPOCH`] prefetched pages the share used in that time sets
-//! the cap for the next epoch: all of what the prefetcher asks at half or more, 4 pages
-//! at 30%, 1 at 15%, none below (every [`PROBE`]th fault may still take one page, so
-//! that a program whose access pattern changes is noticed).
+//! redis-benchmark. A wasted page costs about as much as a used one saves when about
+//! 40% are used (a fetch and install, 1-2 us, and the eviction of a page that may be
+//! needed, against a major fault of 6-9 us saved). So every [`EPOCH`] prefetched pages
+//! the share used in that time sets the cap for the next epoch: all of what the
+//! prefetcher asks at 60% or more, 4 pages at 45%, 1 at 30%, none below (every
+//! [`PROBE`]th fault may still take one page, so that a program whose access pattern
+//! changes is noticed). The cap then rises again as the share does.
 //!
 //! Only the prefetcher's and advice's guesses are capped, not what the application's
 //! upcall asks for (the object prefetch knows where an object ends).
@@ -67,11 +70,11 @@ impl Throttle {
         let used = self.used.load(Relaxed);
         let share =
             used.saturating_sub(self.epoch_used.load(Relaxed)) as f64 / (now - start) as f64;
-        let cap = if share >= 0.5 {
+        let cap = if share >= 0.6 {
             MAX_PREFETCH as u32
-        } else if share >= 0.3 {
+        } else if share >= 0.45 {
             4
-        } else if share >= 0.15 {
+        } else if share >= 0.3 {
             1
         } else {
             0
@@ -100,8 +103,11 @@ mod tests {
         t.issued(EPOCH);
         let allowed: usize = (0..PROBE * 4).map(|_| t.cap()).sum();
         assert_eq!(allowed, 4, "one page per {PROBE} faults");
-        // An epoch at 35%, then one at 80%.
+        // An epoch at 35%, one at 50%, then one at 80%.
         t.used(EPOCH * 35 / 100);
+        t.issued(EPOCH);
+        assert_eq!(t.cap(), 1);
+        t.used(EPOCH / 2);
         t.issued(EPOCH);
         assert_eq!(t.cap(), 4);
         t.used(EPOCH * 8 / 10);
