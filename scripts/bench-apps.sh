@@ -43,6 +43,10 @@
 #                           lrange,quicksort).
 #   RUNS=3                  runs per system; figures are medians.
 #   FRACS=0.25,0.5,1,2      budgets, as fractions of the footprint.
+#   SYSTEMS=farmem,linux-swap,all-local
+#                           the systems to run (all-local is needed for the footprint);
+#                           e.g. SYSTEMS=farmem,all-local with FARMEM= to measure an
+#                           older build without running Linux swap again.
 #   SCALE=1                 multiplies every dataset (e.g. SCALE=0.05 for a quick try).
 #   OUT=bench-results       where the records go (e.g. OUT=/tmp/try for a quick try).
 #
@@ -54,6 +58,7 @@ cd "$(dirname "$0")/.."
 
 ROWS=${ROWS:-redis,memcached,python,get-mix,lrange,quicksort}
 RUNS=${RUNS:-3}
+SYSTEMS=${SYSTEMS:-farmem,linux-swap,all-local}
 FRACS=${FRACS:-0.25,0.5,1,2}
 SCALE=${SCALE:-1}
 for r in ${ROWS//,/ }; do
@@ -109,7 +114,7 @@ row() {
     echo "== $name: $((SECONDS - t0)) s" >&2
 }
 # bench-cmd's options shared by every row.
-cmd=(bench-cmd --json --local-frac "$FRACS" --runs "$RUNS" --backend compressed: --timeout 1200 "${measured[@]}")
+cmd=(bench-cmd --json --local-frac "$FRACS" --runs "$RUNS" --systems "$SYSTEMS" --backend compressed: --timeout 1200 "${measured[@]}")
 
 if want redis; then
     port=7311
@@ -151,7 +156,7 @@ if want python; then
         -- "$PY" scripts/apps/pydict.py "$n"
 fi
 
-redis_mix=(--local "$FRACS" --local-of footprint --backend compressed --duration 5 --runs "$RUNS" --json "${measured[@]}")
+redis_mix=(--local "$FRACS" --local-of footprint --systems "$SYSTEMS" --backend compressed --duration 5 --runs "$RUNS" --json "${measured[@]}")
 if want get-mix; then
     row redis-get-mix bench-redis --workload get-mix --dataset "$(scaled 512)M" "${redis_mix[@]}"
 fi
