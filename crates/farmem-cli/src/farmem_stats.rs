@@ -53,7 +53,10 @@ pub fn parse(output: &str) -> Map<String, Value> {
                 "cold_mapped_pages",
             ],
         ),
-        (r"N left out by the accuracy cap", &["prefetch_throttled_pages"]),
+        (
+            r"N left out by the accuracy cap",
+            &["prefetch_throttled_pages"],
+        ),
         (
             r"major fault latency: mean N us, p50 N us, p99 N us, p99\.9 N us",
             &[

@@ -51,3 +51,28 @@ pub(crate) fn die_corrupt(tier: &str, region: u32, page: u64) -> ! {
         b"` with the wrong checksum: the far copy is corrupt. Stopping rather than running on with wrong data.\n",
     ])
 }
+
+/// A fill found a page present that the page-state table says is not: the table and the
+/// kernel disagree, a bug. Names the pages and their state words (for the report).
+pub(crate) fn die_present(what: &str, region: u32, first: u64, words: &[u64]) -> ! {
+    const MAX: usize = 32;
+    let (mut a, mut b) = ([0u8; 20], [0u8; 20]);
+    let mut bufs = [[0u8; 20]; MAX];
+    let mut parts: [&[u8]; 8 + 2 * MAX] = [b""; 8 + 2 * MAX];
+    parts[0] = PREFIX;
+    parts[1] = b"internal error: ";
+    parts[2] = what.as_bytes();
+    parts[3] = b" found a page already present (region ";
+    parts[4] = fmt_u64(region as u64, &mut a);
+    parts[5] = b", pages from ";
+    parts[6] = fmt_u64(first, &mut b);
+    parts[7] = b"; their state words:";
+    let mut n = 8;
+    for (w, buf) in words.iter().zip(bufs.iter_mut()) {
+        parts[n] = b" ";
+        parts[n + 1] = fmt_u64(*w, buf);
+        n += 2;
+    }
+    parts[n] = b"). Please report this bug.\n";
+    fatal(&parts[..n + 1])
+}

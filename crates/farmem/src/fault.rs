@@ -222,10 +222,23 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
     let n = 1 + extra;
     r.zero_next.store(page + n as u64, Relaxed);
     r.note_touched(page + n as u64 - 1);
-    fill(
-        || r.uffd.zeropage(r.page_addr(page), n * PAGE_SIZE),
-        "zero-filling a page (UFFDIO_ZEROPAGE)",
-    );
+    match r.uffd.zeropage(r.page_addr(page), n * PAGE_SIZE) {
+        Ok(()) => {}
+        Err(FillError::Exists) => {
+            let mut words = [0u64; MAX_ZERO_RUN];
+            for (i, w) in words.iter_mut().enumerate().take(n) {
+                *w = r.states[(page + i as u64) as usize].load().0;
+            }
+            crate::fatal::die_present(
+                "zero-filling a first touch (UFFDIO_ZEROPAGE)",
+                r.id,
+                page,
+                &words[..n],
+            )
+        }
+        Err(FillError::Again) => unreachable!("fill ioctls retry EAGAIN themselves"),
+        Err(FillError::Os(e)) => crate::fatal::die_io("zero-filling a page (UFFDIO_ZEROPAGE)", &e),
+    }
     let mut refs = [PageRef {
         region: r.id,
         generation: 0,

@@ -100,6 +100,7 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     let mut zero_keys: [PageKey; BATCH_PAGES] = [PageKey(0); BATCH_PAGES];
     let mut nzero_far = 0;
     let (mut clean, mut nzero, mut unused) = (0u64, 0u64, 0u64);
+    let mut next = [State(0); BATCH_PAGES];
     for (i, (r, page, prev)) in victims.iter().enumerate() {
         if let Err(e) = r.memfd.punch(*page as usize * PAGE_SIZE, PAGE_SIZE) {
             crate::fatal::die_io("could not free an evicted page (fallocate)", &e);
@@ -107,7 +108,7 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
         if prev.prefetched() || prev.ahead() {
             unused += 1;
         }
-        let next = if zero[i] {
+        next[i] = if zero[i] {
             nzero += 1;
             if prev.has_far() {
                 zero_keys[nzero_far] = r.key(*page);
@@ -122,10 +123,15 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
             }
             State::new(Tag::Far, HAS_FAR, prev.generation())
         };
-        r.states[*page as usize].unlock(next);
     }
+    // The tier forgets the old far copies of pages that became zero while those pages are
+    // still locked: unlocked first, a page could be written, evicted and stored again
+    // under the same key before the discard arrives, which would then delete the new copy.
     if nzero_far > 0 {
         s.backend.discard(&zero_keys[..nzero_far]);
+    }
+    for (i, (r, page, _)) in victims.iter().enumerate() {
+        r.states[*page as usize].unlock(next[i]);
     }
     s.release_frames(n);
     let c = &s.counters;

@@ -181,17 +181,34 @@ fn piece(at: usize, len: usize) -> usize {
     len.min(chunk_end - at)
 }
 
-/// Runs `op` on each chunk's part of `[at, at+len)`, stopping at the first error.
-fn each_piece(
+/// Runs a fill ioctl over `[at, at+len)` until all of it is done: one call per chunk's
+/// part (`piece`), going on from where a call stopped part-way. `op(dst, len)` makes one
+/// call and returns its result and the kernel's progress field (bytes done, or a negative
+/// errno). A call that did part of its range returns EAGAIN with the bytes done: redoing
+/// those would meet them as EEXIST. EAGAIN with nothing done (the mm is changing) is
+/// retried here too; any other error is returned.
+fn fill_range(
     at: usize,
     len: usize,
-    mut op: impl FnMut(usize, usize) -> Result<(), FillError>,
+    mut op: impl FnMut(usize, usize) -> (Result<(), FillError>, i64),
 ) -> Result<(), FillError> {
     let mut done = 0;
     while done < len {
         let n = piece(at + done, len - done);
-        op(at + done, n)?;
-        done += n;
+        let (r, progress) = op(at + done, n);
+        if r.is_ok() {
+            done += n;
+            continue;
+        }
+        if progress > 0 {
+            done += (progress as usize).min(n);
+        }
+        match r {
+            Err(FillError::Again) if progress <= 0 => std::thread::yield_now(),
+            Err(FillError::Again) => {}
+            Err(e) => return Err(e),
+            Ok(()) => unreachable!(),
+        }
     }
     Ok(())
 }
@@ -280,90 +297,53 @@ impl Uffd {
     /// `src..src+len` must be readable memory of this process that is not in a
     /// userfaultfd-registered range.
     pub unsafe fn copy(&self, dst: usize, src: *const u8, len: usize) -> Result<(), FillError> {
-        let mut done = 0;
-        while done < len {
-            let n = piece(dst + done, len - done);
-            // SAFETY: a part of the caller's range.
-            unsafe { self.copy_within_chunk(dst + done, src.add(done), n)? };
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// `copy` of a range that lies inside one chunk.
-    ///
-    /// # Safety
-    /// As `copy`.
-    unsafe fn copy_within_chunk(
-        &self,
-        dst: usize,
-        src: *const u8,
-        len: usize,
-    ) -> Result<(), FillError> {
-        let mut done = 0usize;
-        loop {
+        fill_range(dst, len, |d, n| {
             let mut c = UffdioCopy {
-                dst: (dst + done) as u64,
-                src: src as u64 + done as u64,
-                len: (len - done) as u64,
+                dst: d as u64,
+                src: src as u64 + (d - dst) as u64,
+                len: n as u64,
                 mode: 0,
                 copy: 0,
             };
-            // SAFETY: the caller vouches for `src..src+len`; the kernel validates `dst`.
+            // SAFETY: the caller vouches for `src..src+len`, of which this is a part; the
+            // kernel validates `dst`.
             let rc = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let r = fill_result(rc);
-            // A multi-page copy interrupted half-way (EAGAIN) reports what it did: go on
-            // from there rather than redo pages that now exist.
-            if c.copy > 0 {
-                done += c.copy as usize;
-                if done >= len {
-                    return Ok(());
-                }
-                if matches!(r, Err(FillError::Again)) {
-                    continue;
-                }
-            }
-            return r;
-        }
+            (fill_result(rc), c.copy)
+        })
     }
 
     /// Maps zeros into the missing range at `dst`.
     pub fn zeropage(&self, dst: usize, len: usize) -> Result<(), FillError> {
-        each_piece(dst, len, |d, l| self.zeropage_within_chunk(d, l))
-    }
-
-    fn zeropage_within_chunk(&self, dst: usize, len: usize) -> Result<(), FillError> {
-        let mut z = UffdioZeropage {
-            range: UffdioRange {
-                start: dst as u64,
-                len: len as u64,
-            },
-            mode: 0,
-            zeropage: 0,
-        };
-        // SAFETY: `z` is a valid uffdio_zeropage; the kernel validates the range.
-        fill_result(unsafe { libc::ioctl(self.raw(), UFFDIO_ZEROPAGE as _, &mut z) })
+        fill_range(dst, len, |d, n| {
+            let mut z = UffdioZeropage {
+                range: UffdioRange {
+                    start: d as u64,
+                    len: n as u64,
+                },
+                mode: 0,
+                zeropage: 0,
+            };
+            // SAFETY: `z` is a valid uffdio_zeropage; the kernel validates the range.
+            let rc = unsafe { libc::ioctl(self.raw(), UFFDIO_ZEROPAGE as _, &mut z) };
+            (fill_result(rc), z.zeropage)
+        })
     }
 
     /// Maps the page-cache pages already present behind `[dst, dst+len)` (minor faults).
     pub fn cont(&self, dst: usize, len: usize) -> Result<(), FillError> {
-        each_piece(dst, len, |d, l| self.cont_within_chunk(d, l))
-    }
-
-    fn cont_within_chunk(&self, dst: usize, len: usize) -> Result<(), FillError> {
-        let mut c = UffdioContinue {
-            range: UffdioRange {
-                start: dst as u64,
-                len: len as u64,
-            },
-            mode: 0,
-            mapped: 0,
-        };
-        // SAFETY: `c` is a valid uffdio_continue; the kernel validates the range.
-        fill_result(unsafe { libc::ioctl(self.raw(), UFFDIO_CONTINUE as _, &mut c) })
+        fill_range(dst, len, |d, n| {
+            let mut c = UffdioContinue {
+                range: UffdioRange {
+                    start: d as u64,
+                    len: n as u64,
+                },
+                mode: 0,
+                mapped: 0,
+            };
+            // SAFETY: `c` is a valid uffdio_continue; the kernel validates the range.
+            let rc = unsafe { libc::ioctl(self.raw(), UFFDIO_CONTINUE as _, &mut c) };
+            (fill_result(rc), c.mapped)
+        })
     }
 
     /// Wakes threads blocked on faults in `[start, start+len)` (handler-thread mode,
