@@ -1,6 +1,6 @@
 //! Object extents: for each page of the far heap, the mid-sized block covering it. The
-//! prefetch upcall uses it: a major fault inside a block of 8 KiB to 256 KiB that goes on
-//! past the faulting page brings in the rest of the block at once, and nothing past it.
+//! prefetch upcall uses it: a major fault inside a block of 8 KiB to 256 KiB brings in
+//! the rest of the block at once, and nothing past it.
 //!
 //! That is what a program that reads whole objects needs (Redis copying a value into its
 //! reply): Linux-style readahead has to rediscover every object's length by growing its
@@ -125,16 +125,6 @@ pub(crate) fn forget(addr: usize, usable: usize) {
             let _ = e.compare_exchange(v, 0, Relaxed, Relaxed);
         }
     }
-}
-
-/// The recorded block that covers the page before `addr`'s and ends on `addr`'s page (a
-/// page shared by a block's tail and the next block's head holds the next block's
-/// entry): its start and the end of its last page.
-#[inline]
-pub(crate) fn block_ending_on(addr: usize) -> Option<(usize, usize)> {
-    let page = addr & !(PAGE - 1);
-    let (start, end) = block_at(page.checked_sub(1)?)?;
-    (end > page).then_some((start, end))
 }
 
 /// The recorded block at `addr` (an address in the heap at `base`): its start and the

@@ -185,7 +185,8 @@ const MAX_ZERO_RUN: usize = 32;
 /// time a fault lands exactly where the last run ended (it was used up), starts at two
 /// when the page below is resident, and is one page otherwise, so a program that touches
 /// memory sparsely gets no more than it touches. The extra pages take only free frames
-/// (never evicting for a guess), count against the budget like any other, and, if never
+/// above the low watermark (never evicting for a guess, and never the reserve that the
+/// next demand fault needs), count against the budget like any other, and, if never
 /// touched, are evicted as zeros: no far copy, no I/O.
 fn zero_fill(r: &RegionState, page: u64, s: State) {
     let shared = &r.shared;
@@ -215,7 +216,7 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
         states[n] = q;
         n += 1;
     }
-    let extra = shared.try_reserve(n - 1);
+    let extra = shared.try_reserve_spare(n - 1);
     for (i, q) in states.iter().enumerate().take(n).skip(1 + extra) {
         r.states[(page + i as u64) as usize].unlock(*q);
     }

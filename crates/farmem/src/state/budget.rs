@@ -47,15 +47,16 @@ impl Frames {
         self.budget().saturating_sub(self.resident())
     }
 
-    /// Takes up to `want` frames without evicting. Returns how many it got and the
-    /// residency after (0 and the current residency when none was free).
-    pub(crate) fn try_reserve(&self, want: usize) -> (usize, usize) {
+    /// Takes up to `want` frames without evicting, leaving at least `keep` free. Returns
+    /// how many it got and the residency after (0 and the current residency when none
+    /// could be taken).
+    pub(crate) fn try_reserve(&self, want: usize, keep: usize) -> (usize, usize) {
         let mut cur = self.resident.load(Relaxed);
         if want == 0 {
             return (0, cur);
         }
         loop {
-            let got = want.min(self.budget().saturating_sub(cur));
+            let got = want.min(self.budget().saturating_sub(cur).saturating_sub(keep));
             if got == 0 {
                 return (0, cur);
             }
@@ -102,13 +103,23 @@ mod tests {
     #[test]
     fn reservations_never_pass_the_budget() {
         let f = Frames::new(10);
-        assert_eq!(f.try_reserve(4), (4, 4));
-        assert_eq!(f.try_reserve(8), (6, 10));
-        assert_eq!(f.try_reserve(1), (0, 10));
+        assert_eq!(f.try_reserve(4, 0), (4, 4));
+        assert_eq!(f.try_reserve(8, 0), (6, 10));
+        assert_eq!(f.try_reserve(1, 0), (0, 10));
         f.release(3);
         assert_eq!(f.free(), 3);
         f.set_budget(5);
         assert_eq!(f.free(), 0);
-        assert_eq!(f.try_reserve(1).0, 0);
+        assert_eq!(f.try_reserve(1, 0).0, 0);
+    }
+
+    #[test]
+    fn reservations_can_leave_frames_free() {
+        let f = Frames::new(10);
+        assert_eq!(f.try_reserve(8, 4), (6, 6));
+        assert_eq!(f.try_reserve(1, 4), (0, 6));
+        assert_eq!(f.try_reserve(3, 0), (3, 9));
+        f.set_budget(2);
+        assert_eq!(f.try_reserve(1, 4), (0, 9));
     }
 }

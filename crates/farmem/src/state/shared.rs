@@ -115,7 +115,20 @@ impl Shared {
     /// Takes up to `want` frames without evicting; returns how many it got.
     #[inline]
     pub(crate) fn try_reserve(&self, want: usize) -> usize {
-        let (got, now) = self.frames.try_reserve(want);
+        self.try_reserve_keeping(want, 0)
+    }
+
+    /// Takes up to `want` frames without evicting and without dipping into the low
+    /// watermark's reserve: for pages nobody asked for yet (zero-fill runs), which must
+    /// not make the reclaimer evict real pages or leave the next fault to reclaim.
+    #[inline]
+    pub(crate) fn try_reserve_spare(&self, want: usize) -> usize {
+        let (low, _) = crate::state::budget::watermarks(self.frames.budget());
+        self.try_reserve_keeping(want, low)
+    }
+
+    fn try_reserve_keeping(&self, want: usize, keep: usize) -> usize {
+        let (got, now) = self.frames.try_reserve(want, keep);
         if got > 0 {
             self.counters.note_resident(now as u64);
         }
