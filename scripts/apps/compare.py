@@ -59,7 +59,7 @@ def med(xs):
 def fmt(x):
     if x is None:
         return "-"
-    if isinstance(x, int) or float(x).is_integer() and x >= 10 or x == 0:
+    if isinstance(x, int) or x == 0 or (float(x).is_integer() and x >= 10):
         return f"{x:,.0f}"
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
 

@@ -184,13 +184,13 @@ const NEIGHBOUR_BLOCK: u32 = 16;
 /// A growing heap touches its new pages in address order, and each first touch would
 /// otherwise be a fault of its own (a signal and an ioctl, 3-4 us here, against 1.4 us for
 /// the kernel's own anonymous first touch). The run doubles, up to [`MAX_ZERO_RUN`], each
-/// time a fault lands exactly where the last run ended (it was used up), reaches to the end
-/// of the 64 KiB block when the page below is resident (an allocator filling several pools
-/// at once touches each in order, interleaved), and is one page otherwise, so a program
-/// that touches memory sparsely gets no more than it touches. The extra pages take only free frames
-/// above the low watermark (never evicting for a guess, and never the reserve that the
-/// next demand fault needs), count against the budget like any other, and, if never
-/// touched, are evicted as zeros: no far copy, no I/O.
+/// time a fault lands exactly where the last run ended (it was used up), reaches to the
+/// end of the 64 KiB block when the page below is resident (an allocator filling several
+/// pools at once touches each in order, but interleaved, so no run is sequential), and is
+/// one page otherwise, so a program that touches memory sparsely gets no more than it
+/// touches. The extra pages take only free frames above the low watermark (never evicting
+/// for a guess, and never the reserve that the next demand fault needs), count against the
+/// budget like any other, and, if never touched, are evicted as zeros: no far copy, no I/O.
 fn zero_fill(r: &RegionState, page: u64, s: State) {
     let shared = &r.shared;
     let mut buf = shared.bufs.acquire();
@@ -201,8 +201,6 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
     let window = if sequential {
         (r.zero_window.load(Relaxed) * 2).clamp(2, MAX_ZERO_RUN as u32)
     } else if below {
-        // To the end of the 64 KiB block: an allocator filling several pools or slabs at
-        // once touches each in address order, but interleaved, so no run is sequential.
         (NEIGHBOUR_BLOCK - (page % NEIGHBOUR_BLOCK as u64) as u32).max(2)
     } else {
         1
