@@ -17,17 +17,23 @@ if [ "$(id -u)" != 0 ]; then
     echo "scripts/test.sh: warning: not root; userfaultfd and the Linux-swap tests may be refused" >&2
 fi
 
-# The Redis tests (crates/farmem-cli/tests/redis.rs) run a real redis-server.
-if ! command -v redis-server >/dev/null; then
-    echo "scripts/test.sh: installing redis-server for the Redis tests" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server ||
-        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; } ||
-        echo "scripts/test.sh: warning: could not install redis-server; the Redis tests will say they were skipped" >&2
+# The Redis tests (crates/farmem-cli/tests/redis.rs) run a real redis-server; the
+# memcached tests (crates/farmem-cli/tests/memcached.rs) run Debian's memcached and its
+# stock protocol conformance tests (memccapable, in libmemcached-tools).
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v memcached >/dev/null || need+=(memcached)
+command -v memccapable >/dev/null || need+=(libmemcached-tools)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "scripts/test.sh: installing ${need[*]} for the Redis and memcached tests" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" ||
+        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"; } ||
+        echo "scripts/test.sh: warning: could not install ${need[*]}; the tests that need them will say they were skipped" >&2
 fi
 
-# redis-tools, memcached and libmemcached-tools (the application suite's clients and server,
-# scripts/bench-apps.sh) are not installed here: no test needs them. bench-cmd's server-mode
-# tests (crates/farmem-cli/tests/bench_cmd.rs) bring their own tiny server and client
+# redis-tools (redis-benchmark, the application suite's client, scripts/bench-apps.sh) is
+# not installed here: no test needs it. bench-cmd's server-mode tests
+# (crates/farmem-cli/tests/bench_cmd.rs) bring their own tiny server and client
 # (tests/support/countserver.c, built with gcc), and bench-apps.sh installs what it uses.
 
 cargo fmt --all -- --check

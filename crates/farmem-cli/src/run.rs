@@ -17,7 +17,7 @@ use crate::opts;
 /// Options of `farmem run`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "The heap is every malloc-family allocation and every anonymous private read-write mmap of at least 256 KiB (FARMEM_MMAP_THRESHOLD). The C library's own allocations (stdio buffers and the like) stay local. Programs PROGRAM runs get the library too, each with its own budget; a forked child gets a snapshot of the parent's far memory and its own budget.\n\nExamples:\n  farmem run --local-mem 256M -- redis-server --port 7000\n  farmem run --local-mem 64M --backend compressed:zstd --stats -- python3 job.py\n  farmem run --local-mem 1G --backend tcp://10.0.0.2:7070 --token-file node.token -- redis-server"
+    after_help = "The heap is every malloc-family allocation and every anonymous private read-write mmap of at least 256 KiB (FARMEM_MMAP_THRESHOLD). The C library's own allocations (stdio buffers and the like) stay local. Programs PROGRAM runs get the library too, each with its own budget; a forked child gets a snapshot of the parent's far memory and its own budget.\n\nExamples:\n  farmem run --local-mem 256M -- redis-server --port 7000\n  farmem run --local-mem 64M --backend compressed:zstd --stats -- python3 job.py\n  farmem run --local-mem 512M --allocator mimalloc -- memcached -t 4 -m 2048\n  farmem run --local-mem 1G --backend tcp://10.0.0.2:7070 --token-file node.token -- redis-server"
 )]
 pub struct RunArgs {
     /// Local memory budget for the program's heap (K, M, G suffixes).
@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// FARMEM_TOKEN_FILE or FARMEM_TOKEN otherwise).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// The heap's allocator: farslab (farmem's own: size-class slabs, per-thread caches,
+    /// no metadata in far pages), mimalloc or tlsf. `--allocator list` describes them.
+    #[arg(long, value_name = "NAME", env = "FARMEM_ALLOCATOR", default_value_t = farmem::heap::HeapKind::default().to_string())]
+    pub allocator: String,
     /// Prefetcher: none, readahead or majority.
     #[arg(long, value_name = "NAME", default_value = "readahead")]
     pub prefetch: String,
@@ -65,7 +69,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<f64>,
     /// The program and its arguments.
-    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
+    #[arg(trailing_var_arg = true, value_name = "PROGRAM")]
     pub program: Vec<String>,
 }
 
@@ -112,6 +116,21 @@ fn backend(uri: &str, token_file: Option<&Path>) -> Result<Arc<dyn Backend>> {
 
 /// Runs `farmem run`: returns only on error.
 pub fn run(a: RunArgs) -> Result<()> {
+    if a.allocator == "list" {
+        for k in farmem::heap::HeapKind::ALL {
+            let default = if k == farmem::heap::HeapKind::default() {
+                " (default)"
+            } else {
+                ""
+            };
+            println!("{:<9} {}{default}", k.name(), k.about());
+        }
+        return Ok(());
+    }
+    let allocator: farmem::heap::HeapKind = a.allocator.parse().map_err(anyhow::Error::msg)?;
+    if a.program.is_empty() {
+        bail!("farmem run needs a program to run: farmem run [OPTIONS] -- PROGRAM [ARGS...]");
+    }
     if a.local_mem < farmem::MIN_BUDGET_PAGES as u64 * 4096 {
         bail!(
             "--local-mem must be at least {} KiB",
@@ -157,6 +176,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         .env("LD_PRELOAD", ld)
         .env("FARMEM_LOCAL_MEM", a.local_mem.to_string())
         .env("FARMEM_BACKEND", &a.backend)
+        .env("FARMEM_ALLOCATOR", allocator.name())
         .env("FARMEM_PREFETCH", &a.prefetch)
         .env("FARMEM_EVICT", &a.evict)
         .env("FARMEM_FAULT_MODE", &a.fault_mode);

@@ -258,6 +258,33 @@ fn torture_under_farmem() {
     run_program("torture", TORTURE_ARGS, true);
 }
 
+/// The torture test under the allocators that are not the default (farslab, above).
+#[test]
+fn torture_under_farmem_with_mimalloc() {
+    let opts = [
+        "--local-mem",
+        LOCAL_MEM,
+        "--backend",
+        "mem:",
+        "--allocator",
+        "mimalloc",
+    ];
+    run_program_with("torture", TORTURE_ARGS, Some(&opts));
+}
+
+#[test]
+fn torture_under_farmem_with_tlsf() {
+    let opts = [
+        "--local-mem",
+        LOCAL_MEM,
+        "--backend",
+        "mem:",
+        "--allocator",
+        "tlsf",
+    ];
+    run_program_with("torture", TORTURE_ARGS, Some(&opts));
+}
+
 /// The torture test with its heap on a memory node (a fake one, in this process, that
 /// speaks the real protocol over loopback TCP): threads, kernel access to far buffers,
 /// fork (the child gets a copy of the session), exec. `farmem run` checks the node and

@@ -158,8 +158,7 @@ fn bgsave_and_reload_all_local() {
 
 /// Redis under `farmem run` with a quarter of the dataset local: every value must come
 /// back right, through the timed reads, BGSAVE's forked child, and a reload elsewhere.
-#[test]
-fn farmem_run_redis_get_mix_bgsave_and_reload() {
+fn redis_get_mix_bgsave_and_reload(allocator: &str) {
     if missing_redis().is_some() {
         return;
     }
@@ -173,6 +172,8 @@ fn farmem_run_redis_get_mix_bgsave_and_reload() {
             &local.to_string(),
             "--backend",
             "compressed:",
+            "--allocator",
+            allocator,
             "--",
         ]
         .map(String::from)
@@ -182,11 +183,26 @@ fn farmem_run_redis_get_mix_bgsave_and_reload() {
     let server = RedisServer::start(&config).unwrap_or_else(|e| panic!("{e}"));
     load_verify_and_read(&server, &d);
     eprintln!(
-        "redis under farmem run: peak RSS {:?} bytes, {} bytes of values, {local} local",
+        "redis under farmem run --allocator {allocator}: peak RSS {:?} bytes, {} bytes of values, {local} local",
         server.peak_rss_bytes(),
         d.bytes()
     );
     bgsave_stop_and_reload(server, &d);
+}
+
+#[test]
+fn farmem_run_redis_get_mix_bgsave_and_reload() {
+    redis_get_mix_bgsave_and_reload("farslab");
+}
+
+#[test]
+fn farmem_run_redis_with_mimalloc_bgsave_and_reload() {
+    redis_get_mix_bgsave_and_reload("mimalloc");
+}
+
+#[test]
+fn farmem_run_redis_with_tlsf_bgsave_and_reload() {
+    redis_get_mix_bgsave_and_reload("tlsf");
 }
 
 fn farmem(args: &[&str]) -> std::process::Output {

@@ -1,12 +1,12 @@
 //! The LD_PRELOAD library behind `farmem run`: a program's heap becomes far memory.
 //!
 //! Loaded into an unmodified program, it replaces every entry point of the malloc family
-//! and large anonymous private mmaps with allocations from one far region (a TLSF
-//! allocator over a sparse far region of `FARMEM_HEAP_MAX` bytes), all under one local
-//! budget. The rest of the program is untouched.
+//! and large anonymous private mmaps with allocations from one far region (one of
+//! farmem's allocators, `farmem::heap`, over a sparse far region of `FARMEM_HEAP_MAX`
+//! bytes), all under one local budget. The rest of the program is untouched.
 //!
 //! ```text
-//!  program ── malloc/free/... ──► heap (TLSF, one lock) ──► far region ──► engine
+//!  program ── malloc/free/... ──► heap (farslab | mimalloc | tlsf) ──► far region ──► engine
 //!          ── mmap(anon, big) ──►
 //!          ── read/write/recv/... on heap buffers ──► io: pin + touch, then the call
 //!          ── fork ──► atfork: heap lock, engine snapshot for the child

@@ -10,6 +10,7 @@
 //! | FARMEM_BACKEND | far tier URI (`mem:`, `compressed:`, `compressed:zstd`, `tcp://HOST:PORT`) | `compressed:` |
 //! | FARMEM_TOKEN_FILE, FARMEM_TOKEN | a memory node's token (file, or the token itself) | none |
 //! | FARMEM_REMOTE_TIMEOUT, FARMEM_REMOTE_POLL_US, FARMEM_REMOTE_CONNS | the remote tier's deadline, busy-poll, fetch connections (`farmem::backend::RemoteConfig::from_env`) | 10 s, 50 us, 4 |
+//! | FARMEM_ALLOCATOR | the heap's allocator: farslab, mimalloc, tlsf (`farmem::heap::HeapKind`) | farslab |
 //! | FARMEM_PREFETCH | none, readahead, majority | readahead |
 //! | FARMEM_EVICT | clock, fifo | clock |
 //! | FARMEM_FAULT_MODE | auto, sigbus, thread | auto |
@@ -97,17 +98,6 @@ pub(crate) fn discard(addr: usize, len: usize) {
     }
 }
 
-/// Forgets the far copies of the non-resident pages of `[addr, addr+len)` (page aligned):
-/// they read as zeros afterwards; resident pages keep theirs.
-pub(crate) fn forget_far(addr: usize, len: usize) {
-    if let Some(rt) = rt() {
-        let base = rt.region.as_ptr() as usize;
-        if let Err(e) = rt.region.forget_far(addr - base, len) {
-            die(&format!("could not forget freed heap pages: {e}"));
-        }
-    }
-}
-
 /// glibc's malloc_usable_size, for its own blocks.
 pub(crate) fn libc_usable_size(p: *mut libc::c_void) -> usize {
     static F: AtomicUsize = AtomicUsize::new(0);
@@ -188,6 +178,10 @@ fn init() -> Result<(), String> {
         .transpose()?
         .unwrap_or_default();
     let heap_max = env_bytes("FARMEM_HEAP_MAX", 128 << 30);
+    let allocator: farmem::heap::HeapKind = env("FARMEM_ALLOCATOR")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or_default();
     MMAP_THRESHOLD.store(
         env_bytes("FARMEM_MMAP_THRESHOLD", 256 << 10).max(4096),
         Relaxed,
@@ -255,6 +249,7 @@ fn init() -> Result<(), String> {
     {
         return Err("started twice".into());
     }
+    crate::heap::init(&RT.get().expect("just set").region, allocator)?;
     // SAFETY: getpid has no preconditions.
     INIT_PID.store(unsafe { libc::getpid() }, Relaxed);
     STATS_AT_EXIT.store(stats, Relaxed);
@@ -331,10 +326,10 @@ fn heap_prefetch(addr: usize, req: &mut farmem::PrefetchRequest) {
     }
 }
 
-static mut FORK_GUARD: Option<std::sync::MutexGuard<'static, crate::heap::Inner>> = None;
+static mut FORK_GUARD: Option<crate::heap::ForkGuard> = None;
 
 extern "C" fn fork_prepare() {
-    let g = crate::heap::lock();
+    let g = crate::heap::lock_for_fork();
     // SAFETY: only the forking thread touches FORK_GUARD, between prepare and parent/child.
     unsafe { *std::ptr::addr_of_mut!(FORK_GUARD) = Some(g) };
 }
@@ -420,6 +415,14 @@ extern "C" fn finish() {
             out.push_str("farmem:   ");
             out.push_str(line);
             out.push('\n');
+        }
+        if let Some(h) = crate::heap::stats() {
+            out.push_str(&format!(
+                "farmem:   {h}; heap pages touched {:.1} MiB ({:.1} resident, {:.1} far)\n",
+                (st.resident_pages + st.far_pages) as f64 / 256.0,
+                st.resident_pages as f64 / 256.0,
+                st.far_pages as f64 / 256.0
+            ));
         }
         if GUARD_ON.load(Relaxed) {
             out.push_str(&format!(

@@ -76,3 +76,8 @@ pub(crate) fn die_present(what: &str, region: u32, first: u64, words: &[u64]) ->
     parts[n] = b"). Please report this bug.\n";
     fatal(&parts[..n + 1])
 }
+
+/// Something that must not go on happened; `what` says what (one sentence, no newline).
+pub(crate) fn die_msg(what: &str) -> ! {
+    fatal(&[PREFIX, what.as_bytes(), b". Stopping.\n"])
+}

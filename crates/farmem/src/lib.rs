@@ -39,6 +39,7 @@ pub mod sys;
 mod engine;
 mod fault;
 pub mod fork;
+pub mod heap;
 mod range;
 mod reclaim;
 mod region;
