@@ -1,21 +1,17 @@
 //! Futexes in far memory: pthread mutexes and condition variables, semaphores and
 //! `syscall(SYS_futex)` (C++ atomics' wait, hand-made locks). A futex wait is the kernel
 //! reading the futex word, so a far one is pinned and touched first.
+//!
+//! `syscall(SYS_futex)` is one system call and is described by `io::describe`; the
+//! pthread and semaphore functions are not (the C library may make no futex call, or
+//! several), so they name their objects themselves.
+
+use std::mem::size_of;
 
 use libc::c_int;
+use libc::{pthread_cond_t, pthread_mutex_t};
 
-use super::{guarded, in_heap};
-use crate::rt;
-use farmem::pin::{Pin, touch};
-
-fn pin_obj(p: usize, len: usize) -> Option<Pin> {
-    if !in_heap(p, len) {
-        return None;
-    }
-    let pin = Pin::new(p, len, rt::rt().map_or(0, |r| r.pin_limit));
-    touch(p, len);
-    pin
-}
+use super::{guarded, in_heap, pin_and_touch};
 
 /// pthread_mutex_lock(3): the futex wait is the kernel's touch of the mutex word.
 ///
@@ -43,7 +39,7 @@ pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_
     if r != libc::EBUSY {
         return r;
     }
-    let _pin = pin_obj(m as usize, std::mem::size_of::<libc::pthread_mutex_t>());
+    let _pins = pin_and_touch(&[(m as usize, size_of::<pthread_mutex_t>())]);
     // SAFETY: forwarded.
     unsafe { f(m) }
 }
@@ -63,8 +59,10 @@ pub unsafe extern "C" fn pthread_cond_wait(
         c"pthread_cond_wait",
         unsafe extern "C" fn(*mut libc::pthread_cond_t, *mut libc::pthread_mutex_t) -> c_int
     );
-    let _a = pin_obj(c as usize, std::mem::size_of::<libc::pthread_cond_t>());
-    let _b = pin_obj(m as usize, std::mem::size_of::<libc::pthread_mutex_t>());
+    let _pins = pin_and_touch(&[
+        (c as usize, size_of::<pthread_cond_t>()),
+        (m as usize, size_of::<pthread_mutex_t>()),
+    ]);
     // SAFETY: forwarded.
     unsafe { f(c, m) }
 }
@@ -89,9 +87,11 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
             *const libc::timespec,
         ) -> c_int
     );
-    let _a = pin_obj(c as usize, std::mem::size_of::<libc::pthread_cond_t>());
-    let _b = pin_obj(m as usize, std::mem::size_of::<libc::pthread_mutex_t>());
-    let _c = pin_obj(t as usize, std::mem::size_of::<libc::timespec>());
+    let _pins = pin_and_touch(&[
+        (c as usize, size_of::<pthread_cond_t>()),
+        (m as usize, size_of::<pthread_mutex_t>()),
+        (t as usize, size_of::<libc::timespec>()),
+    ]);
     // SAFETY: forwarded.
     unsafe { f(c, m, t) }
 }
@@ -108,7 +108,7 @@ pub unsafe extern "C" fn sem_wait(s: *mut libc::sem_t) -> c_int {
         c"sem_wait",
         unsafe extern "C" fn(*mut libc::sem_t) -> c_int
     );
-    let _a = pin_obj(s as usize, std::mem::size_of::<libc::sem_t>());
+    let _pins = pin_and_touch(&[(s as usize, size_of::<libc::sem_t>())]);
     // SAFETY: forwarded.
     unsafe { f(s) }
 }
@@ -143,19 +143,10 @@ pub unsafe extern "C" fn syscall(
         ) -> libc::c_long
     );
     if n == libc::SYS_futex {
-        let op = (b as c_int) & 0x7f;
-        let mut bufs = vec![(a as usize, 4)];
-        if matches!(
-            op,
-            libc::FUTEX_REQUEUE
-                | libc::FUTEX_CMP_REQUEUE
-                | libc::FUTEX_WAKE_OP
-                | libc::FUTEX_CMP_REQUEUE_PI
-        ) {
-            bufs.push((e as usize, 4));
-        }
         // SAFETY: forwarded.
-        return guarded(&bufs, || unsafe { f(n, a, b, c, d, e, g) });
+        return guarded(n, args!(a, b, c, d, e, g), || unsafe {
+            f(n, a, b, c, d, e, g)
+        });
     }
     // SAFETY: forwarded.
     unsafe { f(n, a, b, c, d, e, g) }

@@ -1,11 +1,11 @@
 //! fread and fwrite: for large items the C library reads into and writes from the
-//! caller's buffer directly, so a far buffer is pinned and touched in pieces.
+//! caller's buffer directly, so a far buffer is pinned and touched, in pieces when it is
+//! large. Not one system call each (the C library may make none, or several), so they
+//! describe their one buffer themselves.
 
 use libc::{c_void, size_t};
 
-use super::{chunk, in_heap};
-use crate::rt;
-use farmem::pin::{Pin, touch};
+use super::{chunk, in_heap, pin_and_touch};
 
 /// fread(3): for large reads the C library reads straight into the caller's buffer.
 ///
@@ -26,13 +26,13 @@ pub unsafe extern "C" fn fread(
     );
     let total = size.saturating_mul(n);
     let b = buf as usize;
-    if !in_heap(b, total) || total <= chunk() || size == 0 {
-        let limit = rt::rt().map_or(0, |r| r.pin_limit);
-        let _pin = in_heap(b, total).then(|| Pin::new(b, total, limit));
-        if in_heap(b, total) {
-            touch(b, total);
-        }
+    if !in_heap(b, total) {
         // SAFETY: forwarded.
+        return unsafe { f(buf, size, n, fp) };
+    }
+    if total <= chunk() {
+        let _pins = pin_and_touch(&[(b, total)]);
+        // SAFETY: forwarded, with the caller's buffer pinned.
         return unsafe { f(buf, size, n, fp) };
     }
     // SAFETY: pieces of the caller's buffer.
@@ -45,13 +45,11 @@ pub unsafe extern "C" fn fread(
 /// each piece pinned and touched; stops at the first short piece. Returns the items done.
 fn by_items(b: usize, size: usize, n: usize, mut call: impl FnMut(usize, usize) -> usize) -> usize {
     let per = (chunk() / size).max(1);
-    let limit = rt::rt().map_or(0, |r| r.pin_limit);
     let mut done = 0;
     while done < n {
         let k = per.min(n - done);
         let p = b + done * size;
-        let _pin = Pin::new(p, k * size, limit);
-        touch(p, k * size);
+        let _pins = pin_and_touch(&[(p, k * size)]);
         let r = call(p, k);
         done += r;
         if r < k {

@@ -1,12 +1,23 @@
 //! System calls on buffers: the C library's entry points that hand the kernel memory
 //! (read and write, their positional, vectored and socket variants, epoll, poll, the
-//! sockopts, getrandom, the path calls and stat). Large reads and writes go in pieces
+//! sockopts, getrandom, the path calls and stat).
+//!
+//! Each wrapper stands for one system call: it passes that call's number and argument
+//! registers to `guarded`, which finds the buffers in the one description
+//! (`io::describe`) that the syscall guard reads too. Large reads and writes go in pieces
 //! (`chunk`), so that each piece can be pinned within the budget.
 
-use libc::{c_char, c_int, c_uint, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+use libc::{
+    SYS_accept, SYS_accept4, SYS_access, SYS_bind, SYS_connect, SYS_epoll_ctl, SYS_epoll_pwait,
+    SYS_epoll_wait, SYS_fstat, SYS_getpeername, SYS_getrandom, SYS_getsockname, SYS_getsockopt,
+    SYS_lstat, SYS_mkdir, SYS_open, SYS_openat, SYS_poll, SYS_pread64, SYS_preadv, SYS_pwrite64,
+    SYS_pwritev, SYS_read, SYS_readv, SYS_recvfrom, SYS_recvmsg, SYS_rename, SYS_sendmsg,
+    SYS_sendto, SYS_setsockopt, SYS_stat, SYS_unlink, SYS_write, SYS_writev,
+};
+use libc::{c_char, c_int, c_long, c_uint, c_void, iovec, msghdr, size_t, sockaddr, socklen_t};
+use libc::{off_t, ssize_t};
 
 use super::{chunk, guarded, in_heap};
-use farmem::pin::touch;
 
 fn is_regular(fd: c_int) -> bool {
     // SAFETY: fstat into a local.
@@ -17,36 +28,32 @@ fn is_regular(fd: c_int) -> bool {
     }
 }
 
-type ReadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
-type WriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
-type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, libc::off_t) -> ssize_t;
-type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, libc::off_t) -> ssize_t;
-
-/// read(2).
-///
-/// # Safety
-/// read's contract.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    let _sud = farmem::sys::sud::allow();
-    let f = real!(REAL, c"read", ReadFn);
-    let b = buf as usize;
+/// Makes read, write, pread64 or pwrite64 (`nr`; arguments fd, buffer, count and, for the
+/// positional two, offset) with `call`, a far buffer larger than `chunk()` in pieces: each
+/// piece is the same call on a part of the buffer (at the matching offset), guarded on
+/// its own. Stops at the first short piece, and after one piece of a read from something
+/// that is not a regular file or block device (a pipe or socket may have no more yet).
+fn in_pieces(nr: c_long, a: [u64; 6], mut call: impl FnMut(&[u64; 6]) -> ssize_t) -> ssize_t {
+    let (b, n) = (a[1] as usize, a[2] as usize);
     if !in_heap(b, n) {
-        // SAFETY: forwarded.
-        return unsafe { f(fd, buf, n) };
+        return call(&a);
     }
     let c = chunk();
     if n <= c {
-        // SAFETY: forwarded.
-        return guarded(&[(b, n)], || unsafe { f(fd, buf, n) });
+        return guarded(nr, a, || call(&a));
     }
+    let positional = nr == SYS_pread64 || nr == SYS_pwrite64;
+    let regular = nr != SYS_read || is_regular(a[0] as c_int);
     let mut done = 0usize;
-    let regular = is_regular(fd);
     while done < n {
         let len = c.min(n - done);
-        let p = b + done;
-        // SAFETY: a piece of the caller's buffer.
-        let r = guarded(&[(p, len)], || unsafe { f(fd, p as *mut c_void, len) });
+        let mut piece = a;
+        piece[1] = (b + done) as u64;
+        piece[2] = len as u64;
+        if positional {
+            piece[3] = (a[3] as off_t + done as off_t) as u64;
+        }
+        let r = guarded(nr, piece, || call(&piece));
         if r < 0 {
             return if done > 0 { done as ssize_t } else { r };
         }
@@ -58,6 +65,25 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
     done as ssize_t
 }
 
+type ReadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
+type WriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
+type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t) -> ssize_t;
+type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t;
+
+/// read(2).
+///
+/// # Safety
+/// read's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    let _sud = farmem::sys::sud::allow();
+    let f = real!(REAL, c"read", ReadFn);
+    // SAFETY: forwarded, or a piece of it: part of the caller's buffer.
+    in_pieces(SYS_read, args!(fd, buf, n), |a| unsafe {
+        f(fd, a[1] as *mut c_void, a[2] as size_t)
+    })
+}
+
 /// write(2).
 ///
 /// # Safety
@@ -66,96 +92,36 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
     let _sud = farmem::sys::sud::allow();
     let f = real!(REAL, c"write", WriteFn);
-    let b = buf as usize;
-    if !in_heap(b, n) {
-        // SAFETY: forwarded.
-        return unsafe { f(fd, buf, n) };
-    }
-    let c = chunk();
-    if n <= c {
-        // SAFETY: forwarded.
-        return guarded(&[(b, n)], || unsafe { f(fd, buf, n) });
-    }
-    let mut done = 0usize;
-    while done < n {
-        let len = c.min(n - done);
-        let p = b + done;
-        // SAFETY: a piece of the caller's buffer.
-        let r = guarded(&[(p, len)], || unsafe { f(fd, p as *const c_void, len) });
-        if r < 0 {
-            return if done > 0 { done as ssize_t } else { r };
-        }
-        done += r as usize;
-        if (r as usize) < len {
-            break;
-        }
-    }
-    done as ssize_t
+    // SAFETY: forwarded, or a piece of it: part of the caller's buffer.
+    in_pieces(SYS_write, args!(fd, buf, n), |a| unsafe {
+        f(fd, a[1] as *const c_void, a[2] as size_t)
+    })
 }
 
 macro_rules! positional {
-    ($name:ident, $lit:literal, $fty:ty, $bty:ty) => {
+    ($name:ident, $lit:literal, $nr:ident, $fty:ty, $bty:ty) => {
         /// The positional read or write of the same name.
         ///
         /// # Safety
         /// The function's own contract.
         #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            fd: c_int,
-            buf: $bty,
-            n: size_t,
-            off: libc::off_t,
-        ) -> ssize_t {
+        pub unsafe extern "C" fn $name(fd: c_int, buf: $bty, n: size_t, off: off_t) -> ssize_t {
             let f = real!(REAL, $lit, $fty);
-            let b = buf as usize;
-            let c = chunk();
-            if !in_heap(b, n) || n <= c {
-                // SAFETY: forwarded.
-                return guarded(&[(b, n)], || unsafe { f(fd, buf, n, off) });
-            }
-            let mut done = 0usize;
-            while done < n {
-                let len = c.min(n - done);
-                let p = b + done;
-                // SAFETY: a piece of the caller's buffer.
-                let r = guarded(&[(p, len)], || unsafe {
-                    f(fd, p as $bty, len, off + done as libc::off_t)
-                });
-                if r < 0 {
-                    return if done > 0 { done as ssize_t } else { r };
-                }
-                done += r as usize;
-                if (r as usize) < len {
-                    break;
-                }
-            }
-            done as ssize_t
+            // SAFETY: forwarded, or a piece of it: part of the caller's buffer, at the
+            // matching offset.
+            in_pieces($nr, args!(fd, buf, n, off), |a| unsafe {
+                f(fd, a[1] as $bty, a[2] as size_t, a[3] as off_t)
+            })
         }
     };
 }
-positional!(pread, c"pread", PreadFn, *mut c_void);
-positional!(pread64, c"pread64", PreadFn, *mut c_void);
-positional!(pwrite, c"pwrite", PwriteFn, *const c_void);
-positional!(pwrite64, c"pwrite64", PwriteFn, *const c_void);
-
-/// Collects the buffers of an iovec array (and the array itself).
-fn iov_bufs(iov: *const iovec, n: c_int, out: &mut Vec<(usize, usize)>) {
-    if iov.is_null() || n <= 0 {
-        return;
-    }
-    out.push((iov as usize, n as usize * std::mem::size_of::<iovec>()));
-    if in_heap(iov as usize, n as usize * std::mem::size_of::<iovec>()) {
-        touch(iov as usize, n as usize * std::mem::size_of::<iovec>());
-    }
-    for i in 0..n as usize {
-        // SAFETY: the caller's iovec array of `n` entries.
-        let v = unsafe { &*iov.add(i) };
-        out.push((v.iov_base as usize, v.iov_len));
-    }
-}
+positional!(pread, c"pread", SYS_pread64, PreadFn, *mut c_void);
+positional!(pread64, c"pread64", SYS_pread64, PreadFn, *mut c_void);
+positional!(pwrite, c"pwrite", SYS_pwrite64, PwriteFn, *const c_void);
+positional!(pwrite64, c"pwrite64", SYS_pwrite64, PwriteFn, *const c_void);
 
 macro_rules! vectored {
-    ($name:ident, $lit:literal) => {
+    ($name:ident, $lit:literal, $nr:ident) => {
         /// The vectored call of the same name.
         ///
         /// # Safety
@@ -167,18 +133,16 @@ macro_rules! vectored {
                 $lit,
                 unsafe extern "C" fn(c_int, *const iovec, c_int) -> ssize_t
             );
-            let mut bufs = Vec::new();
-            iov_bufs(iov, n, &mut bufs);
             // SAFETY: forwarded.
-            guarded(&bufs, || unsafe { f(fd, iov, n) })
+            guarded($nr, args!(fd, iov, n), || unsafe { f(fd, iov, n) })
         }
     };
 }
-vectored!(readv, c"readv");
-vectored!(writev, c"writev");
+vectored!(readv, c"readv", SYS_readv);
+vectored!(writev, c"writev", SYS_writev);
 
 macro_rules! vectored_at {
-    ($name:ident, $lit:literal) => {
+    ($name:ident, $lit:literal, $nr:ident) => {
         /// The positional vectored call of the same name.
         ///
         /// # Safety
@@ -188,26 +152,26 @@ macro_rules! vectored_at {
             fd: c_int,
             iov: *const iovec,
             n: c_int,
-            off: libc::off_t,
+            off: off_t,
         ) -> ssize_t {
             let f = real!(
                 REAL,
                 $lit,
-                unsafe extern "C" fn(c_int, *const iovec, c_int, libc::off_t) -> ssize_t
+                unsafe extern "C" fn(c_int, *const iovec, c_int, off_t) -> ssize_t
             );
-            let mut bufs = Vec::new();
-            iov_bufs(iov, n, &mut bufs);
             // SAFETY: forwarded.
-            guarded(&bufs, || unsafe { f(fd, iov, n, off) })
+            guarded($nr, args!(fd, iov, n, off), || unsafe {
+                f(fd, iov, n, off)
+            })
         }
     };
 }
-vectored_at!(preadv, c"preadv");
-vectored_at!(pwritev, c"pwritev");
-vectored_at!(preadv64, c"preadv64");
-vectored_at!(pwritev64, c"pwritev64");
+vectored_at!(preadv, c"preadv", SYS_preadv);
+vectored_at!(pwritev, c"pwritev", SYS_pwritev);
+vectored_at!(preadv64, c"preadv64", SYS_preadv);
+vectored_at!(pwritev64, c"pwritev64", SYS_pwritev);
 
-/// recv(2).
+/// recv(2), which is recvfrom(2) without an address.
 ///
 /// # Safety
 /// recv's contract.
@@ -220,10 +184,12 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
         unsafe extern "C" fn(c_int, *mut c_void, size_t, c_int) -> ssize_t
     );
     // SAFETY: forwarded.
-    guarded(&[(buf as usize, n)], || unsafe { f(fd, buf, n, flags) })
+    guarded(SYS_recvfrom, args!(fd, buf, n, flags), || unsafe {
+        f(fd, buf, n, flags)
+    })
 }
 
-/// send(2).
+/// send(2), which is sendto(2) without an address.
 ///
 /// # Safety
 /// send's contract.
@@ -236,16 +202,9 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
         unsafe extern "C" fn(c_int, *const c_void, size_t, c_int) -> ssize_t
     );
     // SAFETY: forwarded.
-    guarded(&[(buf as usize, n)], || unsafe { f(fd, buf, n, flags) })
-}
-
-fn addr_len(len: *const socklen_t) -> usize {
-    if len.is_null() {
-        0
-    } else {
-        // SAFETY: the caller's length slot.
-        unsafe { *len as usize }
-    }
+    guarded(SYS_sendto, args!(fd, buf, n, flags), || unsafe {
+        f(fd, buf, n, flags)
+    })
 }
 
 /// recvfrom(2).
@@ -274,13 +233,12 @@ pub unsafe extern "C" fn recvfrom(
             *mut socklen_t,
         ) -> ssize_t
     );
-    let bufs = [
-        (buf as usize, n),
-        (addr as usize, addr_len(alen)),
-        (alen as usize, 4),
-    ];
     // SAFETY: forwarded.
-    guarded(&bufs, || unsafe { f(fd, buf, n, flags, addr, alen) })
+    guarded(
+        SYS_recvfrom,
+        args!(fd, buf, n, flags, addr, alen),
+        || unsafe { f(fd, buf, n, flags, addr, alen) },
+    )
 }
 
 /// sendto(2).
@@ -309,24 +267,12 @@ pub unsafe extern "C" fn sendto(
             socklen_t,
         ) -> ssize_t
     );
-    let bufs = [(buf as usize, n), (addr as usize, alen as usize)];
     // SAFETY: forwarded.
-    guarded(&bufs, || unsafe { f(fd, buf, n, flags, addr, alen) })
-}
-
-fn msg_bufs(m: *const msghdr, out: &mut Vec<(usize, usize)>) {
-    if m.is_null() {
-        return;
-    }
-    out.push((m as usize, std::mem::size_of::<msghdr>()));
-    if in_heap(m as usize, std::mem::size_of::<msghdr>()) {
-        touch(m as usize, std::mem::size_of::<msghdr>());
-    }
-    // SAFETY: the caller's msghdr.
-    let m = unsafe { &*m };
-    out.push((m.msg_name as usize, m.msg_namelen as usize));
-    out.push((m.msg_control as usize, m.msg_controllen));
-    iov_bufs(m.msg_iov, m.msg_iovlen as c_int, out);
+    guarded(
+        SYS_sendto,
+        args!(fd, buf, n, flags, addr, alen),
+        || unsafe { f(fd, buf, n, flags, addr, alen) },
+    )
 }
 
 /// recvmsg(2).
@@ -341,10 +287,10 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, m: *mut msghdr, flags: c_int) -> ssi
         c"recvmsg",
         unsafe extern "C" fn(c_int, *mut msghdr, c_int) -> ssize_t
     );
-    let mut bufs = Vec::new();
-    msg_bufs(m, &mut bufs);
     // SAFETY: forwarded.
-    guarded(&bufs, || unsafe { f(fd, m, flags) })
+    guarded(SYS_recvmsg, args!(fd, m, flags), || unsafe {
+        f(fd, m, flags)
+    })
 }
 
 /// sendmsg(2).
@@ -359,10 +305,10 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, m: *const msghdr, flags: c_int) -> s
         c"sendmsg",
         unsafe extern "C" fn(c_int, *const msghdr, c_int) -> ssize_t
     );
-    let mut bufs = Vec::new();
-    msg_bufs(m, &mut bufs);
     // SAFETY: forwarded.
-    guarded(&bufs, || unsafe { f(fd, m, flags) })
+    guarded(SYS_sendmsg, args!(fd, m, flags), || unsafe {
+        f(fd, m, flags)
+    })
 }
 
 /// epoll_wait(2).
@@ -382,9 +328,10 @@ pub unsafe extern "C" fn epoll_wait(
         c"epoll_wait",
         unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int
     );
-    let len = max.max(0) as usize * std::mem::size_of::<libc::epoll_event>();
     // SAFETY: forwarded.
-    guarded(&[(ev as usize, len)], || unsafe { f(ep, ev, max, timeout) })
+    guarded(SYS_epoll_wait, args!(ep, ev, max, timeout), || unsafe {
+        f(ep, ev, max, timeout)
+    })
 }
 
 /// epoll_pwait(2).
@@ -411,9 +358,10 @@ pub unsafe extern "C" fn epoll_pwait(
             *const libc::sigset_t,
         ) -> c_int
     );
-    let len = max.max(0) as usize * std::mem::size_of::<libc::epoll_event>();
+    // The kernel's sigset is 8 bytes, the size the C library passes.
+    let a = args!(ep, ev, max, timeout, mask, 8);
     // SAFETY: forwarded.
-    guarded(&[(ev as usize, len)], || unsafe {
+    guarded(SYS_epoll_pwait, a, || unsafe {
         f(ep, ev, max, timeout, mask)
     })
 }
@@ -436,10 +384,9 @@ pub unsafe extern "C" fn epoll_ctl(
         unsafe extern "C" fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int
     );
     // SAFETY: forwarded.
-    guarded(
-        &[(ev as usize, std::mem::size_of::<libc::epoll_event>())],
-        || unsafe { f(ep, op, fd, ev) },
-    )
+    guarded(SYS_epoll_ctl, args!(ep, op, fd, ev), || unsafe {
+        f(ep, op, fd, ev)
+    })
 }
 
 /// poll(2).
@@ -454,13 +401,14 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: 
         c"poll",
         unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int
     );
-    let len = n as usize * std::mem::size_of::<libc::pollfd>();
     // SAFETY: forwarded.
-    guarded(&[(fds as usize, len)], || unsafe { f(fds, n, timeout) })
+    guarded(SYS_poll, args!(fds, n, timeout), || unsafe {
+        f(fds, n, timeout)
+    })
 }
 
 macro_rules! sockaddr_in {
-    ($name:ident, $lit:literal) => {
+    ($name:ident, $lit:literal, $nr:ident) => {
         /// The call of the same name (a socket address the kernel reads).
         ///
         /// # Safety
@@ -473,17 +421,15 @@ macro_rules! sockaddr_in {
                 unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int
             );
             // SAFETY: forwarded.
-            guarded(&[(addr as usize, len as usize)], || unsafe {
-                f(fd, addr, len)
-            })
+            guarded($nr, args!(fd, addr, len), || unsafe { f(fd, addr, len) })
         }
     };
 }
-sockaddr_in!(connect, c"connect");
-sockaddr_in!(bind, c"bind");
+sockaddr_in!(connect, c"connect", SYS_connect);
+sockaddr_in!(bind, c"bind", SYS_bind);
 
 macro_rules! sockaddr_out {
-    ($name:ident, $lit:literal) => {
+    ($name:ident, $lit:literal, $nr:ident) => {
         /// The call of the same name (a socket address the kernel writes).
         ///
         /// # Safety
@@ -499,15 +445,14 @@ macro_rules! sockaddr_out {
                 $lit,
                 unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int
             );
-            let bufs = [(addr as usize, addr_len(len)), (len as usize, 4)];
             // SAFETY: forwarded.
-            guarded(&bufs, || unsafe { f(fd, addr, len) })
+            guarded($nr, args!(fd, addr, len), || unsafe { f(fd, addr, len) })
         }
     };
 }
-sockaddr_out!(accept, c"accept");
-sockaddr_out!(getsockname, c"getsockname");
-sockaddr_out!(getpeername, c"getpeername");
+sockaddr_out!(accept, c"accept", SYS_accept);
+sockaddr_out!(getsockname, c"getsockname", SYS_getsockname);
+sockaddr_out!(getpeername, c"getpeername", SYS_getpeername);
 
 /// accept4(2).
 ///
@@ -526,9 +471,10 @@ pub unsafe extern "C" fn accept4(
         c"accept4",
         unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int
     );
-    let bufs = [(addr as usize, addr_len(len)), (len as usize, 4)];
     // SAFETY: forwarded.
-    guarded(&bufs, || unsafe { f(fd, addr, len, flags) })
+    guarded(SYS_accept4, args!(fd, addr, len, flags), || unsafe {
+        f(fd, addr, len, flags)
+    })
 }
 
 /// getsockopt(2).
@@ -549,9 +495,12 @@ pub unsafe extern "C" fn getsockopt(
         c"getsockopt",
         unsafe extern "C" fn(c_int, c_int, c_int, *mut c_void, *mut socklen_t) -> c_int
     );
-    let bufs = [(val as usize, addr_len(len)), (len as usize, 4)];
     // SAFETY: forwarded.
-    guarded(&bufs, || unsafe { f(fd, level, name, val, len) })
+    guarded(
+        SYS_getsockopt,
+        args!(fd, level, name, val, len),
+        || unsafe { f(fd, level, name, val, len) },
+    )
 }
 
 /// setsockopt(2).
@@ -573,9 +522,11 @@ pub unsafe extern "C" fn setsockopt(
         unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int
     );
     // SAFETY: forwarded.
-    guarded(&[(val as usize, len as usize)], || unsafe {
-        f(fd, level, name, val, len)
-    })
+    guarded(
+        SYS_setsockopt,
+        args!(fd, level, name, val, len),
+        || unsafe { f(fd, level, name, val, len) },
+    )
 }
 
 /// getrandom(2).
@@ -591,19 +542,13 @@ pub unsafe extern "C" fn getrandom(buf: *mut c_void, n: size_t, flags: c_uint) -
         unsafe extern "C" fn(*mut c_void, size_t, c_uint) -> ssize_t
     );
     // SAFETY: forwarded.
-    guarded(&[(buf as usize, n)], || unsafe { f(buf, n, flags) })
-}
-
-fn cstr_len(p: *const c_char) -> usize {
-    if p.is_null() || !in_heap(p as usize, 1) {
-        return 0;
-    }
-    // SAFETY: a NUL-terminated string the caller passes to the kernel.
-    unsafe { libc::strlen(p) + 1 }
+    guarded(SYS_getrandom, args!(buf, n, flags), || unsafe {
+        f(buf, n, flags)
+    })
 }
 
 macro_rules! path_call {
-    ($name:ident, $lit:literal, ($($a:ident: $t:ty),*)) => {
+    ($name:ident, $lit:literal, $nr:ident, ($($a:ident: $t:ty),*)) => {
         /// The call of the same name (a path the kernel reads).
         ///
         /// # Safety
@@ -612,16 +557,16 @@ macro_rules! path_call {
         pub unsafe extern "C" fn $name(path: *const c_char $(, $a: $t)*) -> c_int {
             let f = real!(REAL, $lit, unsafe extern "C" fn(*const c_char $(, $t)*) -> c_int);
             // SAFETY: forwarded.
-            guarded(&[(path as usize, cstr_len(path))], || unsafe { f(path $(, $a)*) })
+            guarded($nr, args!(path $(, $a)*), || unsafe { f(path $(, $a)*) })
         }
     };
 }
 // open(2) is variadic; the mode is passed in the third argument register either way.
-path_call!(open, c"open", (flags: c_int, mode: c_uint));
-path_call!(open64, c"open64", (flags: c_int, mode: c_uint));
-path_call!(unlink, c"unlink", ());
-path_call!(access, c"access", (mode: c_int));
-path_call!(mkdir, c"mkdir", (mode: libc::mode_t));
+path_call!(open, c"open", SYS_open, (flags: c_int, mode: c_uint));
+path_call!(open64, c"open64", SYS_open, (flags: c_int, mode: c_uint));
+path_call!(unlink, c"unlink", SYS_unlink, ());
+path_call!(access, c"access", SYS_access, (mode: c_int));
+path_call!(mkdir, c"mkdir", SYS_mkdir, (mode: libc::mode_t));
 
 /// openat(2) (variadic: the mode is in the fourth argument register either way).
 ///
@@ -641,7 +586,7 @@ pub unsafe extern "C" fn openat(
         unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint) -> c_int
     );
     // SAFETY: forwarded.
-    guarded(&[(path as usize, cstr_len(path))], || unsafe {
+    guarded(SYS_openat, args!(dir, path, flags, mode), || unsafe {
         f(dir, path, flags, mode)
     })
 }
@@ -659,14 +604,11 @@ pub unsafe extern "C" fn rename(a: *const c_char, b: *const c_char) -> c_int {
         unsafe extern "C" fn(*const c_char, *const c_char) -> c_int
     );
     // SAFETY: forwarded.
-    guarded(
-        &[(a as usize, cstr_len(a)), (b as usize, cstr_len(b))],
-        || unsafe { f(a, b) },
-    )
+    guarded(SYS_rename, args!(a, b), || unsafe { f(a, b) })
 }
 
 macro_rules! stat_call {
-    ($name:ident, $lit:literal) => {
+    ($name:ident, $lit:literal, $nr:ident) => {
         /// The stat call of the same name.
         ///
         /// # Safety
@@ -678,17 +620,13 @@ macro_rules! stat_call {
                 $lit,
                 unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int
             );
-            let bufs = [
-                (path as usize, cstr_len(path)),
-                (st as usize, std::mem::size_of::<libc::stat>()),
-            ];
             // SAFETY: forwarded.
-            guarded(&bufs, || unsafe { f(path, st) })
+            guarded($nr, args!(path, st), || unsafe { f(path, st) })
         }
     };
 }
-stat_call!(stat, c"stat");
-stat_call!(lstat, c"lstat");
+stat_call!(stat, c"stat", SYS_stat);
+stat_call!(lstat, c"lstat", SYS_lstat);
 
 /// fstat(2).
 ///
@@ -703,8 +641,5 @@ pub unsafe extern "C" fn fstat(fd: c_int, st: *mut libc::stat) -> c_int {
         unsafe extern "C" fn(c_int, *mut libc::stat) -> c_int
     );
     // SAFETY: forwarded.
-    guarded(
-        &[(st as usize, std::mem::size_of::<libc::stat>())],
-        || unsafe { f(fd, st) },
-    )
+    guarded(SYS_fstat, args!(fd, st), || unsafe { f(fd, st) })
 }
