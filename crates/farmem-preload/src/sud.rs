@@ -62,7 +62,8 @@ pub(crate) fn dispatch(nr: i64, a: &[u64; 6]) -> i64 {
         }
         true
     };
-    // SAFETY: as above.
+    // SAFETY: the program's own system call, as it made it (its far buffers pinned and
+    // touched first).
     call_pinned(nr, a, &b, || unsafe { syscall_raw(nr, *a) }, again)
 }
 

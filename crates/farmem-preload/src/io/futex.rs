@@ -18,12 +18,12 @@ use super::{guarded, in_heap, pin_and_touch};
 /// # Safety
 /// pthread_mutex_lock's contract.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_int {
+pub unsafe extern "C" fn pthread_mutex_lock(m: *mut pthread_mutex_t) -> c_int {
     let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"pthread_mutex_lock",
-        unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int
+        unsafe extern "C" fn(*mut pthread_mutex_t) -> c_int
     );
     if !in_heap(m as usize, 1) {
         // SAFETY: forwarded.
@@ -32,7 +32,7 @@ pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_
     let t = real!(
         TRY,
         c"pthread_mutex_trylock",
-        unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int
+        unsafe extern "C" fn(*mut pthread_mutex_t) -> c_int
     );
     // SAFETY: forwarded.
     let r = unsafe { t(m) };
@@ -50,14 +50,14 @@ pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_
 /// pthread_cond_wait's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pthread_cond_wait(
-    c: *mut libc::pthread_cond_t,
-    m: *mut libc::pthread_mutex_t,
+    c: *mut pthread_cond_t,
+    m: *mut pthread_mutex_t,
 ) -> c_int {
     let _sud = farmem::sys::sud::allow();
     let f = real!(
         REAL,
         c"pthread_cond_wait",
-        unsafe extern "C" fn(*mut libc::pthread_cond_t, *mut libc::pthread_mutex_t) -> c_int
+        unsafe extern "C" fn(*mut pthread_cond_t, *mut pthread_mutex_t) -> c_int
     );
     let _pins = pin_and_touch(&[
         (c as usize, size_of::<pthread_cond_t>()),
@@ -73,8 +73,8 @@ pub unsafe extern "C" fn pthread_cond_wait(
 /// pthread_cond_timedwait's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pthread_cond_timedwait(
-    c: *mut libc::pthread_cond_t,
-    m: *mut libc::pthread_mutex_t,
+    c: *mut pthread_cond_t,
+    m: *mut pthread_mutex_t,
     t: *const libc::timespec,
 ) -> c_int {
     let _sud = farmem::sys::sud::allow();
@@ -82,8 +82,8 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
         REAL,
         c"pthread_cond_timedwait",
         unsafe extern "C" fn(
-            *mut libc::pthread_cond_t,
-            *mut libc::pthread_mutex_t,
+            *mut pthread_cond_t,
+            *mut pthread_mutex_t,
             *const libc::timespec,
         ) -> c_int
     );
