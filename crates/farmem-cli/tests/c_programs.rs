@@ -4,9 +4,9 @@
 //! any mismatch, and ends with `<name>: ok`. Sizes here are small so the suite stays
 //! fast; the programs' own defaults are the full-size runs (see each file's header).
 //!
-//! `api.c` links against the no-op `libfarmem.so` (crates/farmem-capi, a dev-dependency
-//! so that `cargo test` builds it) the way an installed program would: through the
-//! SONAME `libfarmem.so.0`, found by rpath.
+//! `api.c`, `objects.c` and `wrapped.c` link against the no-op `libfarmem.so`
+//! (crates/farmem-capi, a dev-dependency so that `cargo test` builds it) the way an
+//! installed program would: through the SONAME `libfarmem.so.0`, found by rpath.
 //!
 //! The `farmem run` variants need `farmem run` and `libfarmem_preload.so` built beside the
 //! `farmem` binary (`cargo build --workspace`, which scripts/test.sh does first).
@@ -36,6 +36,20 @@ const SKEWED_ARGS: &[&str] = &["--size", "64M", "--seconds", "2"];
 const API_ARGS: &[&str] = &["--size", "32M"];
 const OBJECTS_ARGS: &[&str] = &["--size", "64M", "--reads", "20000"];
 const RAWSYS_ARGS: &[&str] = &["--size", "32M", "--rounds", "2"];
+/// `farmem run` options for wrapped.c: the in-thread fault mode (where the kernel meets
+/// EFAULT on an evicted page) and no prefetching, so that a page the kernel reads was
+/// brought in for the call's own description, not as a neighbour of another buffer.
+const WRAPPED_FARMEM: &[&str] = &[
+    "--local-mem",
+    LOCAL_MEM,
+    "--backend",
+    "mem:",
+    "--fault-mode",
+    "sigbus",
+    "--prefetch",
+    "none",
+    "--no-object-prefetch",
+];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -105,7 +119,7 @@ fn compile_all() -> Option<PathBuf> {
         );
     }
     let include = repo_root().join("include");
-    for name in ["api", "objects"] {
+    for name in ["api", "objects", "wrapped"] {
         gcc(
             &dir,
             name,
@@ -512,6 +526,30 @@ fn rawsys_without_the_syscall_guard_meets_efault() {
     ] {
         assert!(stderr.contains(what), "no `{what}` in:\n{stderr}");
     }
+}
+
+#[test]
+fn wrapped_plain() {
+    run_program("wrapped", &[], false);
+}
+
+/// Every entry point the preload wraps for the kernel, on heap buffers evicted right
+/// before the call, made through the C library (the wrapper) and as the syscall
+/// instruction (the syscall guard). Both read one description of each system call's
+/// buffers (crates/farmem-preload/src/io/describe.rs); a buffer it misses fails here.
+#[test]
+fn wrapped_under_farmem_the_wrappers_and_the_guard_bring_the_same_buffers_in() {
+    run_program_with("wrapped", &[], Some(WRAPPED_FARMEM));
+}
+
+/// With the guard off, each wrapper alone must bring in every buffer its call hands the
+/// kernel (the program first checks that a raw call on an evicted buffer meets EFAULT,
+/// so the evictions are real). When each wrapper listed its own buffers, epoll_pwait's
+/// left out the signal mask that the guard's table named, and failed here with EFAULT.
+#[test]
+fn wrapped_without_the_syscall_guard_the_wrappers_alone_bring_their_buffers_in() {
+    let opts = [WRAPPED_FARMEM, &["--no-syscall-guard"]].concat();
+    run_program_with("wrapped", &["--no-raw"], Some(&opts));
 }
 
 /// Whole objects read in random order: the object prefetch brings in the rest of an
