@@ -48,6 +48,9 @@
 #                           e.g. SYSTEMS=farmem,all-local with FARMEM= to measure an
 #                           older build without running Linux swap again.
 #   SCALE=1                 multiplies every dataset (e.g. SCALE=0.05 for a quick try).
+#   REDIS_VALUES=64,1024,4096
+#                           the redis row's value sizes (bytes).
+#   FARMEM_ALLOCATOR=NAME   the heap's allocator under farmem (`farmem run --allocator`).
 #   OUT=bench-results       where the records go (e.g. OUT=/tmp/try for a quick try).
 #
 # Output: $OUT/apps-ROW.jsonl (one JSON line per run and metric; `farmem summarize FILE`
@@ -121,6 +124,7 @@ if want redis; then
     # value bytes, keys, label
     for spec in "64 3000000 64 B" "1024 500000 1 KiB" "4096 120000 4 KiB"; do
         set -- $spec
+        [[ ",${REDIS_VALUES:-64,1024,4096}," == *",$1,"* ]] || continue
         d=$1 k=$(scaled "$2") label="$3 $4"
         n=$(scaled 200000)
         client="scripts/apps/redis-load.sh $port $k $d"

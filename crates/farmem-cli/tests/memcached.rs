@@ -60,6 +60,7 @@ fn start(memcached: &str, allocator: &str, port: u16) -> (Server, TcpStream) {
     loop {
         if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
             c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            c.set_nodelay(true).unwrap();
             return (server, c);
         }
         assert!(
@@ -88,9 +89,10 @@ fn conformance(allocator: &str) {
     let mut line = String::new();
     for i in 0..n {
         let v = value(i);
-        write!(w, "set key:{i} 0 0 {}\r\n", v.len()).unwrap();
-        w.write_all(&v).unwrap();
-        w.write_all(b"\r\n").unwrap();
+        let mut req = format!("set key:{i} 0 0 {}\r\n", v.len()).into_bytes();
+        req.extend_from_slice(&v);
+        req.extend_from_slice(b"\r\n");
+        w.write_all(&req).unwrap();
         line.clear();
         r.read_line(&mut line).unwrap();
         assert_eq!(line, "STORED\r\n", "set key:{i}");
