@@ -106,6 +106,7 @@ macro_rules! positional {
         /// The function's own contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(fd: c_int, buf: $bty, n: size_t, off: off_t) -> ssize_t {
+            let _sud = farmem::sys::sud::allow();
             let f = real!(REAL, $lit, $fty);
             // SAFETY: forwarded, or a piece of it: part of the caller's buffer, at the
             // matching offset.
@@ -128,6 +129,7 @@ macro_rules! vectored {
         /// The function's own contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+            let _sud = farmem::sys::sud::allow();
             let f = real!(
                 REAL,
                 $lit,
@@ -154,6 +156,7 @@ macro_rules! vectored_at {
             n: c_int,
             off: off_t,
         ) -> ssize_t {
+            let _sud = farmem::sys::sud::allow();
             let f = real!(
                 REAL,
                 $lit,
@@ -415,6 +418,7 @@ macro_rules! sockaddr_in {
         /// The function's own contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+            let _sud = farmem::sys::sud::allow();
             let f = real!(
                 REAL,
                 $lit,
@@ -440,6 +444,7 @@ macro_rules! sockaddr_out {
             addr: *mut sockaddr,
             len: *mut socklen_t,
         ) -> c_int {
+            let _sud = farmem::sys::sud::allow();
             let f = real!(
                 REAL,
                 $lit,
@@ -555,6 +560,7 @@ macro_rules! path_call {
         /// The function's own contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(path: *const c_char $(, $a: $t)*) -> c_int {
+            let _sud = farmem::sys::sud::allow();
             let f = real!(REAL, $lit, unsafe extern "C" fn(*const c_char $(, $t)*) -> c_int);
             // SAFETY: forwarded.
             guarded($nr, args!(path $(, $a)*), || unsafe { f(path $(, $a)*) })
@@ -615,6 +621,7 @@ macro_rules! stat_call {
         /// The function's own contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(path: *const c_char, st: *mut libc::stat) -> c_int {
+            let _sud = farmem::sys::sud::allow();
             let f = real!(
                 REAL,
                 $lit,
