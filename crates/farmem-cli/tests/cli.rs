@@ -105,6 +105,11 @@ fn bad_input_gets_one_clear_line() {
         (&["bench", "--pattern", "zigzag"], "zigzag"),
         (&["bench", "--fault-mode", "magic"], "unknown fault mode"),
         (&["bench", "--writes", "2"], "--writes is a fraction"),
+        (
+            &["run", "--allocator", "jemalloc", "--", "true"],
+            "unknown allocator `jemalloc` (choose farslab, mimalloc or tlsf",
+        ),
+        (&["run", "--local-mem", "64M"], "needs a program to run"),
     ];
     for (args, want) in cases {
         let out = farmem(args);
@@ -115,6 +120,37 @@ fn bad_input_gets_one_clear_line() {
             "{args:?}: stderr lacks `{want}`:\n{err}"
         );
     }
+}
+
+/// `--allocator list` names every allocator on a line of its own; a program started
+/// under the preload with a bad FARMEM_ALLOCATOR of its own stops with one line.
+#[test]
+fn allocators_are_listed_and_a_bad_name_stops_the_program() {
+    let out = farmem(&["run", "--allocator", "list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<_> = text
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["farslab", "mimalloc", "tlsf"], "{text}");
+    assert!(
+        text.lines().next().unwrap().ends_with("(default)"),
+        "{text}"
+    );
+    let out = farmem(&[
+        "run",
+        "--local-mem",
+        "16M",
+        "--",
+        "sh",
+        "-c",
+        "FARMEM_ALLOCATOR=bogus exec true",
+    ]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unknown allocator `bogus`"), "{err}");
 }
 
 #[test]
