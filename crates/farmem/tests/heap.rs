@@ -260,6 +260,27 @@ fn farslab_keeps_small_objects_dense_between_large_values() {
     );
 }
 
+/// Small objects of different sizes allocated together share a page under farslab (a
+/// key's dictionary entry, string and header): 1,000 triples of 24, 40 and 100 bytes.
+#[test]
+fn farslab_keeps_small_objects_allocated_together_on_one_page() {
+    let e = engine(64 << 20);
+    let heap = Heap::new(map(e, 1 << 30), HeapKind::Farslab).unwrap();
+    let mut together = 0;
+    for _ in 0..1000 {
+        let pages: Vec<usize> = [24, 40, 100]
+            .map(|n| heap.alloc(n, 16).unwrap().as_ptr() as usize / PAGE)
+            .to_vec();
+        if pages.iter().all(|&p| p == pages[0]) {
+            together += 1;
+        }
+    }
+    assert!(
+        together >= 950,
+        "only {together} of 1,000 triples share a page"
+    );
+}
+
 /// A free never touches the freed block under farslab: freeing 16 MiB of evicted blocks
 /// takes no fault at all.
 #[test]

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::Shared;
-use super::classes::{self, N};
+use super::classes::{self, MIXED, N};
 
 /// Most objects a thread keeps of one class.
 pub(super) const CAP_MAX: usize = 64;
@@ -20,6 +20,9 @@ struct Bin {
 pub(super) struct ThreadCache {
     owner: Arc<Shared>,
     bins: [Bin; N],
+    /// This thread's mixed unit: (next, end) offsets. What is left of it when the thread
+    /// exits is not used again.
+    bump: (usize, usize),
 }
 
 impl ThreadCache {
@@ -30,6 +33,7 @@ impl ThreadCache {
                 n: 0,
                 slots: [0; CAP_MAX],
             }),
+            bump: (0, 0),
         }
     }
 
@@ -37,6 +41,16 @@ impl ThreadCache {
     #[inline]
     pub fn pop(&mut self, c: usize) -> Option<usize> {
         let b = &mut self.bins[c];
+        if b.n == 0 && c < MIXED {
+            // Objects freed by this thread come first (below); then those freed by any
+            // (the class's list); then fresh ones, carved in allocation order whatever
+            // their class.
+            let want = classes::cache_cap(c) / 2;
+            b.n = self.owner.take_mixed(c, &mut b.slots[..want]);
+            if b.n == 0 {
+                return self.owner.carve(&mut self.bump, c);
+            }
+        }
         if b.n == 0 {
             let want = classes::cache_cap(c) / 2;
             let got = self.owner.take(c, &mut b.slots[..want]);
@@ -58,7 +72,7 @@ impl ThreadCache {
         let b = &mut self.bins[c];
         if b.n == cap {
             let half = cap / 2;
-            self.owner.put_many(c, &b.slots[..half]);
+            self.owner.put(c, &b.slots[..half]);
             b.slots.copy_within(half..cap, 0);
             b.n -= half;
         }
@@ -71,7 +85,7 @@ impl Drop for ThreadCache {
     fn drop(&mut self) {
         for (c, b) in self.bins.iter().enumerate() {
             if b.n > 0 {
-                self.owner.put_many(c, &b.slots[..b.n]);
+                self.owner.put(c, &b.slots[..b.n]);
             }
         }
     }

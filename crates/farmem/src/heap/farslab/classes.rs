@@ -12,6 +12,9 @@ pub(super) const SLAB: usize = 64 << 10;
 pub(super) const SMALL_MAX: usize = 8 << 10;
 /// Number of classes.
 pub(super) const N: usize = 40;
+/// Classes below this one (objects up to 128 bytes) share mixed units, carved in the
+/// order they are allocated (see `super`).
+pub(super) const MIXED: usize = 8;
 
 /// Each class's object size.
 pub(super) const SIZES: [u32; N] = [
@@ -42,10 +45,11 @@ pub(super) fn of(size: usize) -> usize {
     LOOKUP[size.div_ceil(16)] as usize
 }
 
-/// The smallest class for `size` bytes whose objects are all aligned to `align` (slabs
-/// are 64 KiB-aligned, so a class aligns to `align` when its size is a multiple of it).
+/// The smallest slab class for `size` bytes whose objects are all aligned to `align`
+/// (slabs are 64 KiB-aligned, so a class aligns to `align` when its size is a multiple of
+/// it; mixed units pack objects of every size, so they align nothing above 16).
 pub(super) fn aligned(size: usize, align: usize) -> Option<usize> {
-    (of(size)..N).find(|&c| (SIZES[c] as usize).is_multiple_of(align))
+    (of(size).max(MIXED)..N).find(|&c| (SIZES[c] as usize).is_multiple_of(align))
 }
 
 /// Objects in one slab of class `c`.
@@ -88,7 +92,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(aligned(100, 64), Some(of(128)));
+        assert_eq!(aligned(100, 64), Some(of(192)));
+        assert!(aligned(1, 32).unwrap() >= MIXED);
         assert_eq!(aligned(8000, 8192), Some(N - 1));
     }
 
