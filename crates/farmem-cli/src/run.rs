@@ -31,8 +31,9 @@ pub struct RunArgs {
     /// FARMEM_TOKEN_FILE or FARMEM_TOKEN otherwise).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
-    /// The heap's allocator: farslab (farmem's own: size-class slabs, per-thread caches,
-    /// no metadata in far pages), mimalloc or tlsf. `--allocator list` describes them.
+    /// The heap's allocator: farslab (farmem's own: small objects in allocation order,
+    /// size-class slabs, per-thread caches, no metadata in far pages), mimalloc or tlsf.
+    /// `--allocator list` describes them.
     #[arg(long, value_name = "NAME", env = "FARMEM_ALLOCATOR", default_value_t = farmem::heap::HeapKind::default().to_string())]
     pub allocator: String,
     /// Prefetcher: none, readahead or majority.

@@ -6,7 +6,7 @@
 //!
 //! | name | what it is |
 //! | --- | --- |
-//! | `farslab` | farmem's own: size-class slabs, page-aligned large blocks, per-thread caches, no metadata in far pages |
+//! | `farslab` | farmem's own: small objects in allocation order, size-class slabs, page-aligned large blocks, per-thread caches, no metadata in far pages |
 //! | `mimalloc` | Microsoft's mimalloc (2.x) over the region as an exclusive arena, as its authors tuned it |
 //! | `tlsf` | a TLSF allocator (the rlsf crate) behind one lock, in-band headers |
 //!
@@ -66,7 +66,7 @@ impl HeapKind {
     pub fn about(self) -> &'static str {
         match self {
             HeapKind::Farslab => {
-                "farmem's own: objects up to 8 KiB in 64 KiB slabs of one size class (hot small objects stay dense), larger blocks page-aligned, per-thread caches, and no allocator metadata in far pages (a free never faults)"
+                "farmem's own: objects up to 128 B side by side in the order they are allocated, up to 8 KiB in slabs of one size class (never between large values), larger blocks page-aligned, per-thread caches, and no allocator metadata in far pages (a free never faults)"
             }
             HeapKind::Mimalloc => {
                 "mimalloc 2 over the far region (an exclusive arena), as its authors tuned it: a heap per thread, size-segregated 64 KiB pages, free lists inside the blocks"
