@@ -1,5 +1,5 @@
 //! Object extents: for each page of the far heap, the mid-sized block covering it. The
-//! prefetch upcall uses it: a major fault inside a block of 8 KiB to 256 KiB brings in
+//! prefetch upcall uses it: a major fault inside a block of 4 KiB to 256 KiB brings in
 //! the rest of the block at once, and nothing past it.
 //!
 //! That is what a program that reads whole objects needs (Redis copying a value into its
@@ -22,12 +22,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-/// Blocks from this size up get entries. Smaller blocks are left to the readahead: from
-/// 2 KiB, Redis's LRANGE (lists of listpack nodes of a few KiB, allocated one after the
-/// other) took 203k major faults where readahead alone took 35k (25% local, 256 MiB of
-/// values), because each node fetched whole stopped the readahead that brought in the
-/// next nodes too.
-pub(crate) const MIN: usize = 8 << 10;
+/// Blocks from this size up get entries; smaller ones are left to the readahead. Under
+/// farslab, whose size classes keep a 4 KiB value (a 4,608-byte slot) apart from the
+/// small objects, 4 KiB against 8 KiB made Redis with 4 KiB values 15-29% faster and
+/// LRANGE 2-44% faster, the GET mix 1-5% slower (BENCHMARKS.md, "Allocators"). Under
+/// TLSF, entries from 2 KiB had cost LRANGE (lists of listpack nodes of a few KiB,
+/// allocated one after the other) 203k major faults where readahead alone took 35k:
+/// each node fetched whole stopped the readahead that brought in the next nodes too.
+pub(crate) const MIN: usize = 4 << 10;
 /// ...up to this size.
 pub(crate) const MAX: usize = 256 << 10;
 
