@@ -16,16 +16,7 @@ import os
 import statistics
 import sys
 
-
-def key_of(rec):
-    """(workload, metric name, budget fraction, higher is better) of one record."""
-    if "metric_name" in rec:
-        return rec["label"], rec["metric_name"], rec.get("local_frac"), rec["higher_is_better"]
-    return "redis " + rec["workload"], "ops/s", rec.get("footprint_frac"), True
-
-
-def value_of(rec):
-    return rec["metric"] if "metric" in rec else rec["ops_per_sec"]
+from compare import key_of, value_of
 
 
 def load(d):

@@ -131,8 +131,9 @@ pub(crate) unsafe fn free(p: *mut c_void) {
     let _in = inside();
     // SAFETY: a live block of ours (free's contract).
     unsafe {
-        crate::extent::forget(p as usize, h.usable_size(nn));
-        h.free(nn);
+        let usable = h.usable_size(nn);
+        crate::extent::forget(p as usize, usable);
+        h.free_sized(nn, usable);
     }
 }
 

@@ -130,7 +130,7 @@ unsafe impl Allocator for Mimalloc {
         NonNull::new(p.cast())
     }
 
-    unsafe fn free(&self, p: NonNull<u8>) {
+    unsafe fn free(&self, p: NonNull<u8>, _usable: usize) {
         // SAFETY: a live block of this heap (the caller's contract); mimalloc frees blocks
         // of any thread's heap.
         unsafe { mi::mi_free(p.as_ptr().cast()) }

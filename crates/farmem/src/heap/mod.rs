@@ -118,11 +118,11 @@ pub(crate) unsafe trait Allocator: Send + Sync {
         Some(p)
     }
 
-    /// Frees a block.
+    /// Frees a block of `usable` bytes (its `usable_size`, which the caller has already).
     ///
     /// # Safety
-    /// `p` is a live block of this allocator.
-    unsafe fn free(&self, p: NonNull<u8>);
+    /// `p` is a live block of this allocator and `usable` its usable size.
+    unsafe fn free(&self, p: NonNull<u8>, usable: usize);
 
     /// The bytes the block may hold.
     ///
@@ -145,7 +145,7 @@ pub(crate) unsafe trait Allocator: Send + Sync {
         // SAFETY: two live, distinct blocks; copy what both hold.
         unsafe {
             std::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old.min(size));
-            self.free(p);
+            self.free(p, old);
         }
         Some(q)
     }
@@ -264,10 +264,20 @@ impl Heap {
     #[inline]
     pub unsafe fn free(&self, p: NonNull<u8>) {
         // SAFETY: the caller's contract.
-        unsafe {
-            self.counters.free(self.imp.usable_size(p));
-            self.imp.free(p);
-        }
+        unsafe { self.free_sized(p, self.imp.usable_size(p)) }
+    }
+
+    /// Frees a block whose [`Heap::usable_size`] the caller has just asked for, without
+    /// asking again.
+    ///
+    /// # Safety
+    /// `p` is a live block of this heap, not used after this call, and `usable` is its
+    /// `usable_size`.
+    #[inline]
+    pub unsafe fn free_sized(&self, p: NonNull<u8>, usable: usize) {
+        self.counters.free(usable);
+        // SAFETY: the caller's contract.
+        unsafe { self.imp.free(p, usable) }
     }
 
     /// The bytes block `p` may hold (at least what was asked for).

@@ -109,10 +109,8 @@ unsafe impl Allocator for Tlsf {
         }
     }
 
-    unsafe fn free(&self, p: NonNull<u8>) {
+    unsafe fn free(&self, p: NonNull<u8>, size: usize) {
         let a = p.as_ptr() as usize;
-        // SAFETY: a live block (the caller's contract).
-        let size = unsafe { self.usable_size(p) };
         if size >= 2 * 4096 + 64 {
             // TLSF's own links, written at the block's start, are spared.
             release(self.region, a + 64, a + size, size >= DISCARD_MIN);
@@ -151,7 +149,7 @@ unsafe impl Allocator for Tlsf {
         // SAFETY: two live, distinct blocks.
         unsafe {
             std::ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old.min(size));
-            self.free(p);
+            self.free(p, old);
         }
         Some(q)
     }

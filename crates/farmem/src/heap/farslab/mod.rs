@@ -341,7 +341,7 @@ unsafe impl Allocator for Farslab {
     }
 
     #[inline]
-    unsafe fn free(&self, p: NonNull<u8>) {
+    unsafe fn free(&self, p: NonNull<u8>, _usable: usize) {
         let a = p.as_ptr() as usize;
         if let Some(c) = self.class_at(a) {
             let off = a - self.base;
