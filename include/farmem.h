@@ -53,7 +53,7 @@ struct farmem_stats {
     uint64_t faults;            /* faults of every kind */
     uint64_t major_faults;      /* faults that fetched from the far tier */
     uint64_t fetched;           /* pages fetched from the far tier (prefetched included) */
-    uint64_t prefetched;        /* pages brought in ahead of a fault */
+    uint64_t prefetched;        /* pages brought in ahead of a fault (objects' rests too) */
     uint64_t evicted;           /* pages evicted from local memory */
     uint64_t written_back;      /* evicted pages that were dirty and written to the far tier */
     uint64_t resident_bytes;    /* local memory in use now */
@@ -62,7 +62,7 @@ struct farmem_stats {
     uint64_t far_bytes;         /* bytes the far tier holds */
     uint64_t fault_p50_ns;      /* major fault latency */
     uint64_t fault_p99_ns;
-    double prefetch_accuracy;   /* prefetched pages that were used, 0..1 (0 when none) */
+    double prefetch_accuracy;   /* guessed pages used, 0..1 (0 when none; objects untracked) */
 };
 
 /* 1 under `farmem run`, 0 otherwise. */

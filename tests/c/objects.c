@@ -12,7 +12,8 @@
  *
  * Linked against libfarmem (the stub without farmem), it prints under `farmem run` the
  * fetch counters of the read phase: pages the copies covered, pages fetched from the far
- * tier, pages prefetched and prefetch accuracy. With farmem's object prefetch, a fault in
+ * tier, pages prefetched, major faults, other faults (minor and zero-fill) and prefetch
+ * accuracy. With farmem's object prefetch, a fault in
  * an object brings in the rest of that object and nothing past it.
  *
  * Usage: objects [--size SIZE] [--reads N] [--seed N]   defaults --size 64M --reads 20000
@@ -171,11 +172,12 @@ int main(int argc, char **argv)
     printf("objects: %zu objects, %zu bytes, %ld reads, %zu replaced\n", n, total, reads,
            replaced);
     if (active) {
+        unsigned long long majors = after.major_faults - before.major_faults;
         printf("objects: read phase: pages covered %zu, fetched %llu, prefetched %llu, "
-               "major faults %llu, prefetch accuracy %.3f\n",
+               "major faults %llu, other faults %llu, prefetch accuracy %.3f\n",
                covered, (unsigned long long)(after.fetched - before.fetched),
-               (unsigned long long)(after.prefetched - before.prefetched),
-               (unsigned long long)(after.major_faults - before.major_faults),
+               (unsigned long long)(after.prefetched - before.prefetched), majors,
+               (unsigned long long)(after.faults - before.faults) - majors,
                after.prefetch_accuracy);
     }
     puts("objects: ok");

@@ -45,7 +45,8 @@ pub struct FarmemStats {
     pub major_faults: u64,
     /// Pages fetched from the far tier (prefetched included).
     pub fetched: u64,
-    /// Pages brought in ahead of a fault.
+    /// Pages brought in ahead of a fault: guesses, and the rest of the objects faults
+    /// landed in.
     pub prefetched: u64,
     /// Pages evicted from local memory.
     pub evicted: u64,
@@ -63,7 +64,8 @@ pub struct FarmemStats {
     pub fault_p50_ns: u64,
     /// Major fault latency, 99th percentile.
     pub fault_p99_ns: u64,
-    /// Prefetched pages that were used, 0..1 (0 when none).
+    /// Guessed pages that were used, 0..1 (0 when none; the rest of an object is mapped
+    /// at once and its use is not tracked).
     pub prefetch_accuracy: f64,
 }
 

@@ -135,7 +135,7 @@ pub unsafe extern "C" fn farmem_stats(out: *mut FarmemStats) -> c_int {
         faults: s.faults(),
         major_faults: s.major_faults,
         fetched: s.fetched_pages,
-        prefetched: s.prefetched_pages,
+        prefetched: s.prefetched_pages + s.object_pages,
         evicted: s.evicted_pages,
         written_back: s.written_back_pages,
         resident_bytes: s.resident_pages * 4096,

@@ -307,15 +307,12 @@ fn heap_prefetch(addr: usize, req: &mut farmem::PrefetchRequest) {
     if let Some((_, end)) = crate::extent::block_at(addr) {
         if !req.is_prefetch_hit() {
             let from = (addr | 4095) + 1;
-            req.range(from, end.saturating_sub(from));
+            req.object(from, end.saturating_sub(from));
         }
-        // On a prefetch hit the end of a block fetched whole was reached: its last page
-        // may be the first of the next block, but reading on into that block is no
-        // reason to fetch it (it faults for itself). Either way the readahead, which
-        // would only fetch past the block's end, is not needed. (A hit on a block's last
-        // page whose entry names the next block gets no answer here, and the readahead
-        // runs: stopping it there too cost Redis LRANGE, whose list nodes lie one after
-        // the other, twice the major faults.)
+        // A block is mapped whole on its first fault, so a prefetch hit inside one comes
+        // from a readahead window that ran into it: reading on is no reason to fetch the
+        // rest (it faults for itself). Either way the readahead, which would only fetch
+        // past the block's end, is not needed.
         req.enough();
     }
     let h = APP_HOOK.load(Acquire);

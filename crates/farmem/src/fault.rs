@@ -144,9 +144,10 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                     Counters::bump(&c.prefetch_hits, used);
                     r.throttle.used(used);
                     let mut cands = Candidates::new();
-                    gather(r, addr, page, write, true, &mut cands);
+                    let whole = gather(r, addr, page, write, true, &mut cands);
                     if !cands.is_empty() {
-                        prefetch_pages(r, cands.as_slice(), Some(page));
+                        let (objects, _) = cands.as_slice().split_at(whole);
+                        prefetch_pages(r, cands.as_slice(), objects, Some(page));
                     }
                 }
                 return;
@@ -270,24 +271,42 @@ fn ok_if_exists(e: FillError) -> Result<(), FillError> {
 }
 
 /// Asks the application's upcall (always: it is the program's own decision), then the
-/// advice, then the prefetcher what to bring in.
-fn gather(r: &RegionState, addr: usize, page: u64, write: bool, hit: bool, out: &mut Candidates) {
+/// advice, then the prefetcher what to bring in. Returns how many of the candidates, at
+/// the front of `out`, the upcall asked for: whole objects, mapped at once (see
+/// [`install`]).
+fn gather(
+    r: &RegionState,
+    addr: usize,
+    page: u64,
+    write: bool,
+    hit: bool,
+    out: &mut Candidates,
+) -> usize {
+    let mut enough = false;
+    let mut whole = 0;
     if let Ok(h) = r.hook.try_read()
         && let Some(h) = h.as_ref()
     {
-        let mut req = PrefetchRequest::new(r.base, r.pages, out, hit);
+        let mut guesses = Candidates::new();
+        let mut req = PrefetchRequest::new(r.base, r.pages, out, &mut guesses, hit);
         h(addr, &mut req);
-        if req.is_enough() {
-            return;
+        enough = req.is_enough();
+        // The objects at the front of `out`, the upcall's guesses after them.
+        whole = out.len();
+        for &p in guesses.as_slice() {
+            out.push(p);
         }
     }
+    if enough {
+        return whole;
+    }
     match r.advice_at(page) {
-        Some(Advice::Random) => return,
+        Some(Advice::Random) => return whole,
         Some(Advice::Sequential) => {
             for p in page + 1..(page + 1 + SEQUENTIAL_WINDOW).min(r.pages) {
                 out.push(p);
             }
-            return;
+            return whole;
         }
         _ => {}
     }
@@ -312,6 +331,7 @@ fn gather(r: &RegionState, addr: usize, page: u64, write: bool, hit: bool, out: 
         );
         out.truncate(before + cap);
     }
+    whole
 }
 
 /// Pages fetched ahead on every fault in a range advised `Sequential`.
@@ -324,7 +344,7 @@ fn major(r: &RegionState, addr: usize, page: u64, s: State, write: bool, t0: Ins
     let mut buf = shared.bufs.acquire();
     reserve_frame(shared, buf.bytes());
     let mut cands = Candidates::new();
-    gather(r, addr, page, write, false, &mut cands);
+    let whole = gather(r, addr, page, write, false, &mut cands);
     let mut pages = [0u64; BATCH_PAGES];
     let mut states = [State(0); BATCH_PAGES];
     pages[0] = page;
@@ -339,6 +359,7 @@ fn major(r: &RegionState, addr: usize, page: u64, s: State, write: bool, t0: Ins
         locked,
         Some(page),
         true,
+        &cands.as_slice()[..whole],
     );
     Counters::bump(&c.major_faults, 1);
     c.major_latency.record(t0.elapsed().as_nanos() as u64);
@@ -412,6 +433,13 @@ fn sort_batch(pages: &mut [u64], states: &mut [State]) {
 /// fault, which confirms the run as used and triggers the next window. A lone prefetched
 /// page is installed unmapped, its own marker. Mapping runs eagerly matters: a minor fault
 /// per prefetched page would cost about as much as the major faults saved.
+///
+/// Pages in `whole` (the rest of an object the upcall asked for whole) are never markers:
+/// the object is read to its end, so there is nothing to confirm, and a marker would cost
+/// a `pwrite` here and a minor fault at the object's end (a Redis GET of a 4 KiB value:
+/// one of each per request). They are mapped like the faulting page, and their use is not
+/// tracked.
+#[allow(clippy::too_many_arguments)] // the batch is passed as its parts, all on the stack
 fn install(
     r: &RegionState,
     pages: &[u64],
@@ -419,6 +447,7 @@ fn install(
     data: &[u8],
     anchor: Option<u64>,
     anchor_in_batch: bool,
+    whole: &[u64],
     refs: &mut [PageRef],
 ) {
     let n = pages.len();
@@ -431,10 +460,13 @@ fn install(
         // The run is pages[i..j]. Choose its marker and the part mapped now.
         let has_anchor =
             anchor_in_batch && anchor.is_some_and(|a| pages[i] <= a && a <= pages[j - 1]);
+        let can_mark = |k: usize| !whole.contains(&pages[k]);
         let marker = match anchor {
-            _ if j - i == 1 => (!has_anchor).then_some(i),
-            Some(a) if pages[j - 1].abs_diff(a) >= pages[i].abs_diff(a) => Some(j - 1),
-            _ => Some(i),
+            _ if j - i == 1 => (!has_anchor && can_mark(i)).then_some(i),
+            Some(a) if pages[j - 1].abs_diff(a) >= pages[i].abs_diff(a) => {
+                can_mark(j - 1).then_some(j - 1)
+            }
+            _ => can_mark(i).then_some(i),
         };
         let (e0, e1) = match marker {
             Some(m) if m == j - 1 => (i, j - 1),
@@ -459,7 +491,7 @@ fn install(
                     crate::fatal::die_io("could not install a prefetched page (pwrite)", &e);
                 }
                 State::new(Tag::Inactive, HAS_FAR | PREFETCHED | YOUNG, generation)
-            } else if has_anchor && Some(pages[k]) == anchor {
+            } else if (has_anchor && Some(pages[k]) == anchor) || !can_mark(k) {
                 State::new(Tag::Active, HAS_FAR, generation)
             } else {
                 State::new(Tag::Active, HAS_FAR | AHEAD, generation)
@@ -503,8 +535,14 @@ fn confirm_ahead(r: &RegionState, page: u64) -> u64 {
 }
 
 /// Prefetches `cands` without a faulting page: after a prefetch hit on `anchor`, or on
-/// the application's request (no anchor: installed unmapped).
-pub(crate) fn prefetch_pages(r: &RegionState, cands: &[u64], anchor: Option<u64>) -> usize {
+/// the application's request (no anchor: installed unmapped). `whole`: the candidates that
+/// are the rest of an object (see [`install`]).
+pub(crate) fn prefetch_pages(
+    r: &RegionState,
+    cands: &[u64],
+    whole: &[u64],
+    anchor: Option<u64>,
+) -> usize {
     let mut buf = r.shared.bufs.acquire();
     let mut pages = [0u64; BATCH_PAGES];
     let mut states = [State(0); BATCH_PAGES];
@@ -512,7 +550,17 @@ pub(crate) fn prefetch_pages(r: &RegionState, cands: &[u64], anchor: Option<u64>
     if n == 0 {
         return 0;
     }
-    bring_in(r, buf.bytes(), &mut pages, &mut states, 0, n, anchor, false)
+    bring_in(
+        r,
+        buf.bytes(),
+        &mut pages,
+        &mut states,
+        0,
+        n,
+        anchor,
+        false,
+        whole,
+    )
 }
 
 /// The common tail of every fetch: `pages[..n]` are locked; the first `framed` already
@@ -529,6 +577,7 @@ fn bring_in(
     n: usize,
     anchor: Option<u64>,
     anchor_in_batch: bool,
+    whole: &[u64],
 ) -> usize {
     let shared = &r.shared;
     let got = framed + reserve_for_prefetch(shared, n - framed, scratch);
@@ -553,12 +602,19 @@ fn bring_in(
         bytes,
         anchor,
         anchor_in_batch,
+        whole,
         &mut refs[..got],
     );
     shared.policy_insert(&refs[..got]);
+    let objects = pages[..got]
+        .iter()
+        .filter(|&&p| whole.contains(&p) && !(anchor_in_batch && Some(p) == anchor))
+        .count() as u64;
+    let guessed = (got - framed) as u64 - objects;
     let c = &shared.counters;
     Counters::bump(&c.fetched, got as u64);
-    Counters::bump(&c.prefetched, (got - framed) as u64);
-    r.throttle.issued((got - framed) as u64);
+    Counters::bump(&c.prefetched, guessed);
+    Counters::bump(&c.fetched_whole, objects);
+    r.throttle.issued(guessed);
     got
 }

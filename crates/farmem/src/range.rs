@@ -33,7 +33,7 @@ pub(crate) fn prefetch_range(r: &RegionState, first: u64, end: u64) {
             if k == 0 {
                 break;
             }
-            if prefetch_pages(r, &cands[..k], None) < k && attempt + 1 < PREFETCH_ATTEMPTS {
+            if prefetch_pages(r, &cands[..k], &[], None) < k && attempt + 1 < PREFETCH_ATTEMPTS {
                 std::thread::sleep(std::time::Duration::from_micros(100));
             }
         }

@@ -108,6 +108,7 @@ pub(crate) struct Counters {
     pub spurious_faults: AtomicU64,
     pub fetched: CachePadded<AtomicU64>,
     pub prefetched: AtomicU64,
+    pub fetched_whole: AtomicU64,
     pub prefetch_hits: AtomicU64,
     pub prefetch_unused: AtomicU64,
     pub prefetch_throttled: AtomicU64,
@@ -178,8 +179,11 @@ pub struct Stats {
     pub spurious_faults: u64,
     /// Pages read from the far tier (major faults and prefetches).
     pub fetched_pages: u64,
-    /// Pages brought in ahead of use.
+    /// Pages brought in ahead of use by the prefetcher's guess (not the pages below).
     pub prefetched_pages: u64,
+    /// Pages brought in with the object a fault landed in, at the upcall's request (the
+    /// rest of a heap block under `farmem run`), mapped at once.
+    pub object_pages: u64,
     /// Prefetched pages touched before eviction.
     pub prefetch_hits: u64,
     /// Prefetched pages evicted untouched.
@@ -266,6 +270,7 @@ impl Stats {
             spurious_faults: l(&c.spurious_faults),
             fetched_pages: l(&c.fetched),
             prefetched_pages: l(&c.prefetched),
+            object_pages: l(&c.fetched_whole),
             prefetch_hits: l(&c.prefetch_hits),
             prefetch_unused: l(&c.prefetch_unused),
             prefetch_throttled: l(&c.prefetch_throttled),
@@ -312,12 +317,13 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "fetched {} pages; prefetched {} (accuracy {:.0}%, coverage {:.0}%); {} left out by the accuracy cap",
+            "fetched {} pages; prefetched {} (accuracy {:.0}%, coverage {:.0}%); {} left out by the accuracy cap; {} with their objects (mapped at once, use not tracked)",
             self.fetched_pages,
             self.prefetched_pages,
             self.prefetch_accuracy() * 100.0,
             self.prefetch_coverage() * 100.0,
-            self.prefetch_throttled
+            self.prefetch_throttled,
+            self.object_pages
         )?;
         writeln!(
             f,

@@ -268,6 +268,38 @@ fn prefetch_upcall_sees_the_faulting_address_and_brings_pages() {
     r.clear_prefetch_hook();
 }
 
+/// The rest of an object asked for with `object` is mapped at once: reading it to its end
+/// takes the one major fault and no minor fault (a guess, asked for with `range`, would
+/// leave the run's far end unmapped as a marker and take a minor fault there).
+#[test]
+fn prefetch_upcall_objects_are_mapped_whole() {
+    let e = engine(64, PrefetchKind::None);
+    let r = e.map(1024 * PAGE).unwrap();
+    for p in 0..1024 {
+        write_u64(&r, p, p as u64 * 3);
+    }
+    let base = r.as_ptr() as usize;
+    // Objects of 8 pages, 8-page aligned; a fault brings in the rest of its object.
+    r.set_prefetch_hook(move |addr, req| {
+        let end = base + ((addr - base) / (8 * PAGE) + 1) * 8 * PAGE;
+        let from = (addr | (PAGE - 1)) + 1;
+        req.object(from, end - from);
+        req.enough();
+    });
+    e.reset_stats();
+    for object in 10..30 {
+        for p in object * 8..object * 8 + 8 {
+            assert_eq!(read_u64(&r, p), p as u64 * 3);
+        }
+    }
+    let st = e.stats();
+    assert!(st.major_faults >= 20 && st.major_faults <= 22, "{st}");
+    assert!(st.minor_faults <= 2, "objects were not mapped whole: {st}");
+    assert!(st.object_pages >= 20 * 7 - 14, "{st}");
+    assert_eq!(st.prefetched_pages, 0, "{st}");
+    r.clear_prefetch_hook();
+}
+
 #[test]
 fn forget_far_zeroes_only_far_pages() {
     let e = engine(64, PrefetchKind::None);

@@ -8,12 +8,20 @@ use crate::backend::PAGE_SIZE;
 /// memory, block or allocate.
 pub type PrefetchHook = dyn Fn(usize, &mut PrefetchRequest) + Send + Sync;
 
-/// What a prefetch upcall asks for: address ranges of the faulting region.
+/// What a prefetch upcall asks for: address ranges of the faulting region, of two kinds.
+///
+/// - [`range`](Self::range) and [`page`](Self::page) are guesses: the pages come in like
+///   the prefetcher's, the far end of each run unmapped as its marker, so that their use is
+///   counted and the upcall runs again when the program reaches it.
+/// - [`object`](Self::object) is the rest of the object the fault landed in, which the
+///   program is about to read to its end: mapped at once, with no marker (no `pwrite`, no
+///   minor fault at its end) and no tracking of its use.
 #[derive(Debug)]
 pub struct PrefetchRequest<'a> {
     base: usize,
     pages: u64,
-    out: &'a mut Candidates,
+    objects: &'a mut Candidates,
+    guesses: &'a mut Candidates,
     enough: bool,
     hit: bool,
 }
@@ -22,13 +30,15 @@ impl<'a> PrefetchRequest<'a> {
     pub(crate) fn new(
         base: usize,
         pages: u64,
-        out: &'a mut Candidates,
+        objects: &'a mut Candidates,
+        guesses: &'a mut Candidates,
         hit: bool,
     ) -> PrefetchRequest<'a> {
         PrefetchRequest {
             base,
             pages,
-            out,
+            objects,
+            guesses,
             enough: false,
             hit,
         }
@@ -51,25 +61,38 @@ impl<'a> PrefetchRequest<'a> {
         self.enough
     }
 
-    /// Asks for the pages covering `[addr, addr+len)`; parts outside the region are ignored.
+    /// Asks for the pages covering `[addr, addr+len)` as a guess; parts outside the
+    /// region are ignored.
     pub fn range(&mut self, addr: usize, len: usize) {
-        if len == 0 {
-            return;
-        }
-        let end = addr.saturating_add(len);
-        let first = addr.max(self.base).saturating_sub(self.base) / PAGE_SIZE;
-        let last = (end.saturating_sub(self.base))
-            .div_ceil(PAGE_SIZE)
-            .min(self.pages as usize);
-        for p in first..last {
-            if !self.out.push(p as u64) {
-                break;
-            }
-        }
+        push_range(self.guesses, self.base, self.pages, addr, len);
     }
 
-    /// Asks for the page containing `addr`.
+    /// Asks for the page containing `addr`, as a guess.
     pub fn page(&mut self, addr: usize) {
         self.range(addr, 1);
+    }
+
+    /// Asks for `[addr, addr+len)` as the rest of the object the fault landed in: the
+    /// program reads it to its end, so it is mapped at once. Parts outside the region are
+    /// ignored.
+    pub fn object(&mut self, addr: usize, len: usize) {
+        push_range(self.objects, self.base, self.pages, addr, len);
+    }
+}
+
+/// Pushes the pages of a region (at `base`, `pages` long) covering `[addr, addr+len)`.
+fn push_range(out: &mut Candidates, base: usize, pages: u64, addr: usize, len: usize) {
+    if len == 0 {
+        return;
+    }
+    let end = addr.saturating_add(len);
+    let first = addr.max(base).saturating_sub(base) / PAGE_SIZE;
+    let last = (end.saturating_sub(base))
+        .div_ceil(PAGE_SIZE)
+        .min(pages as usize);
+    for p in first..last {
+        if !out.push(p as u64) {
+            break;
+        }
     }
 }

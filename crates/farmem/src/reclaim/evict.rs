@@ -42,6 +42,9 @@ pub(crate) fn evict_locked(s: &Shared, victims: Vec<Victim>, scratch: &mut [u8])
     } else {
         victims
     };
+    let mut victims = victims;
+    // In page order, so that neighbours are read out and freed with one call per run.
+    victims.sort_unstable_by_key(|(r, page, _)| (r.id, *page));
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(victims.len());
     for (r, page, prev) in &victims {
         if prev.tag() == Tag::Active {
@@ -68,11 +71,15 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     let mut dirty_idx = [0usize; BATCH_PAGES];
     let mut ndirty = 0;
     let mut zero = [false; BATCH_PAGES];
-    for (i, (r, page, prev)) in victims.iter().enumerate() {
-        let buf = &mut scratch[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+    for (i, j) in runs(victims) {
+        let (r, page, _) = &victims[i];
+        let buf = &mut scratch[i * PAGE_SIZE..j * PAGE_SIZE];
         if let Err(e) = r.memfd.read_at(buf, *page as usize * PAGE_SIZE) {
             crate::fatal::die_io("could not read a page out of local memory for eviction", &e);
         }
+    }
+    for (i, (r, page, prev)) in victims.iter().enumerate() {
+        let buf = &scratch[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
         let h = page_hash(buf);
         hashes[i] = h;
         if h == zero_hash() && buf.iter().all(|&b| b == 0) {
@@ -101,10 +108,16 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     let mut nzero_far = 0;
     let (mut clean, mut nzero, mut unused) = (0u64, 0u64, 0u64);
     let mut next = [State(0); BATCH_PAGES];
-    for (i, (r, page, prev)) in victims.iter().enumerate() {
-        if let Err(e) = r.memfd.punch(*page as usize * PAGE_SIZE, PAGE_SIZE) {
-            crate::fatal::die_io("could not free an evicted page (fallocate)", &e);
+    for (i, j) in runs(victims) {
+        let (r, page, _) = &victims[i];
+        if let Err(e) = r
+            .memfd
+            .punch(*page as usize * PAGE_SIZE, (j - i) * PAGE_SIZE)
+        {
+            crate::fatal::die_io("could not free evicted pages (fallocate)", &e);
         }
+    }
+    for (i, (r, page, prev)) in victims.iter().enumerate() {
         if prev.prefetched() || prev.ahead() {
             unused += 1;
         }
@@ -140,4 +153,25 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     Counters::bump(&c.dropped_clean, clean);
     Counters::bump(&c.evicted_zero, nzero);
     Counters::bump(&c.prefetch_unused, unused);
+}
+
+/// The runs of `victims` (sorted by region and page) that are neighbours in one region, as
+/// index ranges `[i, j)`: each is read out with one `pread` and freed with one
+/// `fallocate`, where a call per page cost the reclaimer half its time on Redis.
+fn runs(victims: &[Victim]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i == victims.len() {
+            return None;
+        }
+        let start = i;
+        i += 1;
+        while i < victims.len()
+            && Arc::ptr_eq(&victims[i].0, &victims[start].0)
+            && victims[i].1 == victims[i - 1].1 + 1
+        {
+            i += 1;
+        }
+        Some((start, i))
+    })
 }

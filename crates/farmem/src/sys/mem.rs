@@ -45,11 +45,11 @@ impl Memfd {
         all_of(buf.len(), |done| {
             // SAFETY: buf[done..] is valid for writes of the remaining length.
             unsafe {
-                libc::pread(
+                super::raw::pread(
                     fd,
-                    buf[done..].as_mut_ptr().cast(),
+                    buf[done..].as_mut_ptr(),
                     buf.len() - done,
-                    (offset + done) as libc::off_t,
+                    (offset + done) as i64,
                 )
             }
         })
@@ -62,11 +62,11 @@ impl Memfd {
         all_of(buf.len(), |done| {
             // SAFETY: buf[done..] is valid for reads of the remaining length.
             unsafe {
-                libc::pwrite(
+                super::raw::pwrite(
                     fd,
-                    buf[done..].as_ptr().cast(),
+                    buf[done..].as_ptr(),
                     buf.len() - done,
-                    (offset + done) as libc::off_t,
+                    (offset + done) as i64,
                 )
             }
         })

@@ -265,3 +265,53 @@ pub unsafe fn lseek(fd: i32, off: i64, whence: i32) -> i64 {
         libc::lseek(fd, off, whence)
     }
 }
+
+/// pread(2).
+///
+/// # Safety
+/// As pread: `buf` is writable for `len` bytes.
+pub unsafe fn pread(fd: i32, buf: *mut u8, len: usize, off: i64) -> isize {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(
+            libc::SYS_pread64,
+            fd as usize,
+            buf as usize,
+            len,
+            off as usize,
+            0,
+            0,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::pread(fd, buf.cast(), len, off)
+    }
+}
+
+/// pwrite(2).
+///
+/// # Safety
+/// As pwrite: `buf` is readable for `len` bytes.
+pub unsafe fn pwrite(fd: i32, buf: *const u8, len: usize, off: i64) -> isize {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded.
+    unsafe {
+        syscall6(
+            libc::SYS_pwrite64,
+            fd as usize,
+            buf as usize,
+            len,
+            off as usize,
+            0,
+            0,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        libc::pwrite(fd, buf.cast(), len, off)
+    }
+}
