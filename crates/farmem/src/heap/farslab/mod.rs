@@ -345,6 +345,15 @@ unsafe impl Allocator for Farslab {
         let a = p.as_ptr() as usize;
         if let Some(c) = self.class_at(a) {
             let off = a - self.base;
+            let size = SIZES[c] as usize;
+            if size >= PAGE {
+                // The slot's whole pages hold nothing now: if they are far, the tier
+                // forgets them (no system call), and the next owner's first write is a
+                // zero-fill, not a fetch of dead bytes. (Redis's SET of a 4 KiB value
+                // reuses the slot its last SET freed, whose page is as likely far as any.)
+                // Before the slot is cached: no other thread can own it yet.
+                release(self.region, a, a + size, false);
+            }
             if cache::with(&self.shared, |tc| tc.push(c, off)).is_none() {
                 self.shared.put(c, &[off]);
             }
