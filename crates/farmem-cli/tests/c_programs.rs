@@ -555,11 +555,11 @@ fn wrapped_without_the_syscall_guard_the_wrappers_alone_bring_their_buffers_in()
 /// Whole objects read in random order: the object prefetch brings in the rest of an
 /// object on its first fault and nothing past it, and maps it at once. With only
 /// readahead (measured with FARMEM_OBJECT_PREFETCH=0) this run fetched 1.19 pages per page
-/// the copies cover; with the object prefetch, 1.01. When the rest of an object came in
-/// like a readahead window, with its last page left unmapped as a marker, each object
-/// read took a minor fault at that page besides its major fault: 2.2 other faults
-/// (minor and zero-fill) per major fault in the read phase, 1.2 since the object is
-/// mapped whole.
+/// the copies cover; with the object prefetch, 1.01. Other faults (minor and zero-fill)
+/// per major fault in the read phase: 2.2 when the rest of an object came in like a
+/// readahead window, its last page left unmapped as a marker (a minor fault per object
+/// read); 1.2 with the object mapped whole; 0.34 since a minor fault on a page the
+/// reclaimer unmapped maps the rest of its object too.
 #[test]
 fn objects_under_farmem_fetch_little_past_each_object_and_map_it_whole() {
     let Some(out) = run_program("objects", OBJECTS_ARGS, true) else {
@@ -585,7 +585,7 @@ fn objects_under_farmem_fetch_little_past_each_object_and_map_it_whole() {
         "fetched {fetched} pages for {covered} pages read: prefetching runs past objects\n{out}"
     );
     assert!(
-        others <= 1.6 * majors,
+        others <= 0.7 * majors,
         "{others} minor and zero-fill faults for {majors} major faults: objects are not mapped whole\n{out}"
     );
 }

@@ -305,6 +305,8 @@ pub(crate) static APP_HOOK: AtomicUsize = AtomicUsize::new(0);
 /// of the block and nothing else (see `extent`); then the program's upcall, if any.
 fn heap_prefetch(addr: usize, req: &mut farmem::PrefetchRequest) {
     if let Some((_, end)) = crate::extent::block_at(addr) {
+        // A major fault asks for the rest of the block to be fetched; a touch of a local
+        // page the reclaimer unmapped, for the block's local pages to be mapped with it.
         if !req.is_prefetch_hit() {
             let from = (addr | 4095) + 1;
             req.object(from, end.saturating_sub(from));
@@ -316,7 +318,7 @@ fn heap_prefetch(addr: usize, req: &mut farmem::PrefetchRequest) {
         req.enough();
     }
     let h = APP_HOOK.load(Acquire);
-    if h != 0 {
+    if h != 0 && !req.is_local_touch() {
         // SAFETY: APP_HOOK only ever holds a `capi::Hook` the program registered.
         let h: crate::capi::Hook = unsafe { std::mem::transmute::<usize, crate::capi::Hook>(h) };
         crate::capi::call_hook(h, addr, req);

@@ -114,30 +114,45 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                 if !w.try_lock(s) {
                     continue;
                 }
+                // A page the hand unmapped, touched again: the rest of its object (when
+                // the upcall names one) was most likely unmapped with it and is read
+                // next, so its local pages are mapped in the same call, each counted as
+                // touched. A prefetched page's touch is a prefetch hit instead (below).
+                let mut run = [s; MAX_LOCAL_RUN];
+                let mut n = 1;
+                if !s.prefetched() {
+                    let mut objects = Candidates::new();
+                    objects_at(r, addr, &mut objects);
+                    for &p in objects.as_slice() {
+                        if n == MAX_LOCAL_RUN || p != page + n as u64 {
+                            break;
+                        }
+                        let wp = &r.states[p as usize];
+                        let q = wp.load();
+                        if q.tag() != Tag::Inactive || q.prefetched() || !wp.try_lock(q) {
+                            break;
+                        }
+                        run[n] = q;
+                        n += 1;
+                    }
+                }
                 fill(
-                    || r.uffd.cont(page_addr, PAGE_SIZE).or_else(ok_if_exists),
+                    || r.uffd.cont(page_addr, n * PAGE_SIZE).or_else(ok_if_exists),
                     "mapping a local page (UFFDIO_CONTINUE)",
                 );
-                // Unmapped by the clock hand and touched within a lap: it passed a test.
-                // Twice in a row (it was WARM) puts it in the hot set, which the hand
-                // leaves mapped. A prefetched page's first touch is its first use, not a
-                // test passed.
-                let flags = s.flags() & !(PREFETCHED | AHEAD | YOUNG | KEPT | WARM);
-                let heat = if s.prefetched() || s.ahead() {
-                    0
-                } else if s.flags() & WARM != 0 {
-                    KEPT
-                } else {
-                    WARM
-                };
-                w.unlock(s.with_tag(Tag::Active).with_flags(flags | heat));
+                let mut ahead = 0;
+                for (i, q) in run[..n].iter().enumerate() {
+                    ahead += u64::from(q.ahead());
+                    r.states[page as usize + i].unlock(touched(*q));
+                }
                 Counters::bump(&c.minor_faults, 1);
+                Counters::bump(&c.object_remapped, n as u64 - 1);
                 c.minor_latency.record(t0.elapsed().as_nanos() as u64);
-                if s.ahead() {
+                if ahead > 0 {
                     // Mapped ahead, demoted before its run's marker was reached, and now
                     // touched: it was used.
-                    Counters::bump(&c.prefetch_hits, 1);
-                    r.throttle.used(1);
+                    Counters::bump(&c.prefetch_hits, ahead);
+                    r.throttle.used(ahead);
                 }
                 if s.prefetched() {
                     let used = 1 + confirm_ahead(r, page);
@@ -172,6 +187,26 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
         }
     }
 }
+
+/// The state of an INACTIVE page (locked by the caller) once a touch has mapped it again.
+/// Unmapped by the clock hand and touched within a lap, it passed a test; twice in a row
+/// (it was WARM) puts it in the hot set, which the hand leaves mapped. A prefetched page's
+/// first touch is its first use, not a test passed.
+fn touched(s: State) -> State {
+    let flags = s.flags() & !(PREFETCHED | AHEAD | YOUNG | KEPT | WARM);
+    let heat = if s.prefetched() || s.ahead() {
+        0
+    } else if s.flags() & WARM != 0 {
+        KEPT
+    } else {
+        WARM
+    };
+    s.with_tag(Tag::Active).with_flags(flags | heat)
+}
+
+/// The most pages a minor fault maps with the rest of their object (256 KiB, the largest
+/// object the heap records).
+const MAX_LOCAL_RUN: usize = 64;
 
 /// The most pages one zero-fill fault maps (128 KiB).
 const MAX_ZERO_RUN: usize = 32;
@@ -332,6 +367,19 @@ fn gather(
         out.truncate(before + cap);
     }
     whole
+}
+
+/// The objects the upcall names for a touch at `addr` of a page that is local but
+/// unmapped (see [`PrefetchRequest::is_local_touch`]); its guesses are not wanted.
+fn objects_at(r: &RegionState, addr: usize, out: &mut Candidates) {
+    if let Ok(h) = r.hook.try_read()
+        && let Some(h) = h.as_ref()
+    {
+        let mut guesses = Candidates::new();
+        let mut req = PrefetchRequest::new(r.base, r.pages, out, &mut guesses, false);
+        req.local_touch();
+        h(addr, &mut req);
+    }
 }
 
 /// Pages fetched ahead on every fault in a range advised `Sequential`.

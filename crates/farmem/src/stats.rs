@@ -109,6 +109,7 @@ pub(crate) struct Counters {
     pub fetched: CachePadded<AtomicU64>,
     pub prefetched: AtomicU64,
     pub fetched_whole: AtomicU64,
+    pub object_remapped: AtomicU64,
     pub prefetch_hits: AtomicU64,
     pub prefetch_unused: AtomicU64,
     pub prefetch_throttled: AtomicU64,
@@ -184,6 +185,9 @@ pub struct Stats {
     /// Pages brought in with the object a fault landed in, at the upcall's request (the
     /// rest of a heap block under `farmem run`), mapped at once.
     pub object_pages: u64,
+    /// Local pages mapped again by a minor fault on their object (the rest of the object
+    /// the touched page belongs to), without faults of their own.
+    pub object_remapped_pages: u64,
     /// Prefetched pages touched before eviction.
     pub prefetch_hits: u64,
     /// Prefetched pages evicted untouched.
@@ -271,6 +275,7 @@ impl Stats {
             fetched_pages: l(&c.fetched),
             prefetched_pages: l(&c.prefetched),
             object_pages: l(&c.fetched_whole),
+            object_remapped_pages: l(&c.object_remapped),
             prefetch_hits: l(&c.prefetch_hits),
             prefetch_unused: l(&c.prefetch_unused),
             prefetch_throttled: l(&c.prefetch_throttled),
@@ -299,8 +304,12 @@ impl std::fmt::Display for Stats {
         let mib = |pages: u64| pages as f64 * 4096.0 / (1 << 20) as f64;
         writeln!(
             f,
-            "faults: {} major, {} minor, {} zero-fill, {} spurious",
-            self.major_faults, self.minor_faults, self.zero_faults, self.spurious_faults
+            "faults: {} major, {} minor, {} zero-fill, {} spurious; {} more pages mapped by minor faults with their objects",
+            self.major_faults,
+            self.minor_faults,
+            self.zero_faults,
+            self.spurious_faults,
+            self.object_remapped_pages
         )?;
         writeln!(
             f,

@@ -300,6 +300,43 @@ fn prefetch_upcall_objects_are_mapped_whole() {
     r.clear_prefetch_hook();
 }
 
+/// A touch of a page the reclaimer unmapped (its test of whether the page is still used)
+/// maps the local rest of the page's object with it: objects of 8 pages read over and
+/// over under a budget that holds most of them take about one minor fault per object read
+/// whose pages were unmapped, not one per page.
+#[test]
+fn minor_faults_map_the_rest_of_the_object() {
+    let e = engine(256, PrefetchKind::None);
+    let r = e.map(1024 * PAGE).unwrap();
+    let base = r.as_ptr() as usize;
+    r.set_prefetch_hook(move |addr, req| {
+        let end = base + ((addr - base) / (8 * PAGE) + 1) * 8 * PAGE;
+        let from = (addr | (PAGE - 1)) + 1;
+        req.object(from, end - from);
+        req.enough();
+    });
+    for p in 0..320 {
+        write_u64(&r, p, p as u64 * 5);
+    }
+    e.reset_stats();
+    // 40 objects (320 pages) in turn under 256 pages: the hand keeps unmapping them.
+    for _ in 0..20 {
+        for p in 0..320 {
+            assert_eq!(read_u64(&r, p), p as u64 * 5);
+        }
+    }
+    let st = e.stats();
+    assert!(
+        st.minor_faults > 0,
+        "nothing was unmapped and touched again: {st}"
+    );
+    assert!(
+        st.object_remapped_pages >= 3 * st.minor_faults,
+        "a minor fault mapped too little of its object: {st}"
+    );
+    r.clear_prefetch_hook();
+}
+
 #[test]
 fn forget_far_zeroes_only_far_pages() {
     let e = engine(64, PrefetchKind::None);

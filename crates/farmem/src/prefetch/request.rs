@@ -24,6 +24,7 @@ pub struct PrefetchRequest<'a> {
     guesses: &'a mut Candidates,
     enough: bool,
     hit: bool,
+    local: bool,
 }
 
 impl<'a> PrefetchRequest<'a> {
@@ -41,7 +42,21 @@ impl<'a> PrefetchRequest<'a> {
             guesses,
             enough: false,
             hit,
+            local: false,
         }
+    }
+
+    pub(crate) fn local_touch(&mut self) {
+        self.local = true;
+    }
+
+    /// Whether the upcall runs for the touch of a page that is local but was unmapped (the
+    /// reclaimer tests whether pages are still in use by unmapping them) rather than for a
+    /// fetch. Only [`object`](Self::object) ranges are used then, starting at the page
+    /// after the touched one: their local pages are mapped with it. Guesses are ignored,
+    /// and an upcall may return at once.
+    pub fn is_local_touch(&self) -> bool {
+        self.local
     }
 
     /// Whether the upcall runs for the first touch of a prefetched page (the end of a
