@@ -46,8 +46,9 @@ pub struct RunArgs {
     /// ten times slower per fault here) or auto (sigbus where available).
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub fault_mode: String,
-    /// Turn off the object prefetch (on by default): a fault inside a heap block of 8 to
-    /// 256 KiB brings in the rest of the block, and the prefetcher does not fetch past it.
+    /// Turn off the object prefetch (on by default): a fault inside a heap block of 4 to
+    /// 256 KiB brings in the rest of the block and maps it at once, and the prefetcher
+    /// does not fetch past it.
     #[arg(long)]
     pub no_object_prefetch: bool,
     /// Learn which pages are in use only by unmapping them and counting the minor faults
