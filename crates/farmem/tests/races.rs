@@ -35,6 +35,7 @@ fn hammer(
         threads,
         rounds,
         true,
+        0,
     )
 }
 
@@ -49,6 +50,7 @@ fn hammer_with(
     threads: usize,
     rounds: usize,
     accessed_bits: bool,
+    object_pages: usize,
 ) {
     let engine = Engine::builder()
         .local_budget(budget_pages * PAGE)
@@ -62,6 +64,18 @@ fn hammer_with(
         .unwrap();
     let region = engine.map(pages * PAGE).unwrap();
     let base = region.as_ptr() as usize;
+    if object_pages > 0 {
+        // Objects of `object_pages` pages: a major fault fetches and maps the rest of its
+        // object, a minor fault maps the object's local pages after it, both while other
+        // threads fault on the same pages and the reclaimer evicts them.
+        let len = object_pages * PAGE;
+        region.set_prefetch_hook(move |addr, req| {
+            let end = base + ((addr - base) / len + 1) * len;
+            let from = (addr | (PAGE - 1)) + 1;
+            req.object(from, end - from);
+            req.enough();
+        });
+    }
     // Read-only words: a function of (page, word).
     let ro =
         |p: usize, w: usize| ((p as u64) << 20) ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -133,6 +147,9 @@ fn hammer_with(
         "the reclaimer must have been busy"
     );
     assert!(st.major_faults > 0);
+    if object_pages > 0 {
+        assert!(st.object_pages > 0, "no object was fetched whole: {st}");
+    }
 }
 
 #[test]
@@ -162,6 +179,7 @@ fn sigbus_six_threads_three_percent_budget_unmap_test_only() {
         6,
         2,
         false,
+        0,
     );
 }
 
@@ -176,6 +194,22 @@ fn sigbus_fifo_majority_one_percent_budget() {
         20,
         6,
         3,
+    );
+}
+
+#[test]
+fn sigbus_six_threads_two_percent_budget_objects_mapped_whole() {
+    hammer_with(
+        FaultMode::Sigbus,
+        PolicyKind::Clock,
+        PrefetchKind::Readahead,
+        Arc::new(Memory::new()),
+        2048,
+        41,
+        6,
+        3,
+        true,
+        8,
     );
 }
 
