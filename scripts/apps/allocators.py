@@ -13,10 +13,9 @@ footprint at exit (farmem's resident + far-tier bytes) beside all-local's maximu
 import glob
 import json
 import os
-import statistics
 import sys
 
-from compare import key_of, value_of
+from compare import key_of, med, value_of
 
 
 def load(d):
@@ -50,10 +49,6 @@ def load(d):
                 if rss:
                     e["foot"].append(rss / (1 << 20))
     return out
-
-
-def med(xs):
-    return statistics.median(xs) if xs else None
 
 
 def fmt(x):

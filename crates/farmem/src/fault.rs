@@ -121,8 +121,9 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                 let mut run = [s; MAX_LOCAL_RUN];
                 let mut n = 1;
                 if !s.prefetched() {
+                    // The upcall's objects only (see `PrefetchRequest::is_local_touch`).
                     let mut objects = Candidates::new();
-                    objects_at(r, addr, &mut objects);
+                    upcall(r, addr, false, true, &mut objects, &mut Candidates::new());
                     for &p in objects.as_slice() {
                         if n == MAX_LOCAL_RUN || p != page + n as u64 {
                             break;
@@ -317,20 +318,12 @@ fn gather(
     hit: bool,
     out: &mut Candidates,
 ) -> usize {
-    let mut enough = false;
-    let mut whole = 0;
-    if let Ok(h) = r.hook.try_read()
-        && let Some(h) = h.as_ref()
-    {
-        let mut guesses = Candidates::new();
-        let mut req = PrefetchRequest::new(r.base, r.pages, out, &mut guesses, hit);
-        h(addr, &mut req);
-        enough = req.is_enough();
-        // The objects at the front of `out`, the upcall's guesses after them.
-        whole = out.len();
-        for &p in guesses.as_slice() {
-            out.push(p);
-        }
+    let mut guesses = Candidates::new();
+    let enough = upcall(r, addr, hit, false, out, &mut guesses);
+    // The objects at the front of `out`, the upcall's guesses after them.
+    let whole = out.len();
+    for &p in guesses.as_slice() {
+        out.push(p);
     }
     if enough {
         return whole;
@@ -369,17 +362,24 @@ fn gather(
     whole
 }
 
-/// The objects the upcall names for a touch at `addr` of a page that is local but
-/// unmapped (see [`PrefetchRequest::is_local_touch`]); its guesses are not wanted.
-fn objects_at(r: &RegionState, addr: usize, out: &mut Candidates) {
-    if let Ok(h) = r.hook.try_read()
-        && let Some(h) = h.as_ref()
-    {
-        let mut guesses = Candidates::new();
-        let mut req = PrefetchRequest::new(r.base, r.pages, out, &mut guesses, false);
-        req.local_touch();
-        h(addr, &mut req);
-    }
+/// Calls the region's upcall, if it has one, for a fault at `addr` (see
+/// [`PrefetchRequest`] for `hit` and `local`): objects into `objects`, guesses into
+/// `guesses`. Returns whether it said `enough`.
+fn upcall(
+    r: &RegionState,
+    addr: usize,
+    hit: bool,
+    local: bool,
+    objects: &mut Candidates,
+    guesses: &mut Candidates,
+) -> bool {
+    let Ok(h) = r.hook.try_read() else {
+        return false;
+    };
+    let Some(h) = h.as_ref() else { return false };
+    let mut req = PrefetchRequest::new(r.base, r.pages, objects, guesses, hit, local);
+    h(addr, &mut req);
+    req.is_enough()
 }
 
 /// Pages fetched ahead on every fault in a range advised `Sequential`.
@@ -662,7 +662,7 @@ fn bring_in(
     let c = &shared.counters;
     Counters::bump(&c.fetched, got as u64);
     Counters::bump(&c.prefetched, guessed);
-    Counters::bump(&c.fetched_whole, objects);
+    Counters::bump(&c.object_pages, objects);
     r.throttle.issued(guessed);
     got
 }

@@ -268,6 +268,18 @@ fn prefetch_upcall_sees_the_faulting_address_and_brings_pages() {
     r.clear_prefetch_hook();
 }
 
+/// Makes `r` a heap of 8-page objects, 8-page aligned: the upcall names the rest of the
+/// object a fault lands in.
+fn eight_page_objects(r: &farmem::Region) {
+    let base = r.as_ptr() as usize;
+    r.set_prefetch_hook(move |addr, req| {
+        let end = base + ((addr - base) / (8 * PAGE) + 1) * 8 * PAGE;
+        let from = (addr | (PAGE - 1)) + 1;
+        req.object(from, end - from);
+        req.enough();
+    });
+}
+
 /// The rest of an object asked for with `object` is mapped at once: reading it to its end
 /// takes the one major fault and no minor fault (a guess, asked for with `range`, would
 /// leave the run's far end unmapped as a marker and take a minor fault there).
@@ -278,14 +290,7 @@ fn prefetch_upcall_objects_are_mapped_whole() {
     for p in 0..1024 {
         write_u64(&r, p, p as u64 * 3);
     }
-    let base = r.as_ptr() as usize;
-    // Objects of 8 pages, 8-page aligned; a fault brings in the rest of its object.
-    r.set_prefetch_hook(move |addr, req| {
-        let end = base + ((addr - base) / (8 * PAGE) + 1) * 8 * PAGE;
-        let from = (addr | (PAGE - 1)) + 1;
-        req.object(from, end - from);
-        req.enough();
-    });
+    eight_page_objects(&r);
     e.reset_stats();
     for object in 10..30 {
         for p in object * 8..object * 8 + 8 {
@@ -308,13 +313,7 @@ fn prefetch_upcall_objects_are_mapped_whole() {
 fn minor_faults_map_the_rest_of_the_object() {
     let e = engine(256, PrefetchKind::None);
     let r = e.map(1024 * PAGE).unwrap();
-    let base = r.as_ptr() as usize;
-    r.set_prefetch_hook(move |addr, req| {
-        let end = base + ((addr - base) / (8 * PAGE) + 1) * 8 * PAGE;
-        let from = (addr | (PAGE - 1)) + 1;
-        req.object(from, end - from);
-        req.enough();
-    });
+    eight_page_objects(&r);
     for p in 0..320 {
         write_u64(&r, p, p as u64 * 5);
     }

@@ -34,6 +34,7 @@ impl<'a> PrefetchRequest<'a> {
         objects: &'a mut Candidates,
         guesses: &'a mut Candidates,
         hit: bool,
+        local: bool,
     ) -> PrefetchRequest<'a> {
         PrefetchRequest {
             base,
@@ -42,12 +43,8 @@ impl<'a> PrefetchRequest<'a> {
             guesses,
             enough: false,
             hit,
-            local: false,
+            local,
         }
-    }
-
-    pub(crate) fn local_touch(&mut self) {
-        self.local = true;
     }
 
     /// Whether the upcall runs for the touch of a page that is local but was unmapped (the

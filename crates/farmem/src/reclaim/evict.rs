@@ -25,7 +25,7 @@ pub(crate) fn evict_locked(s: &Shared, victims: Vec<Victim>, scratch: &mut [u8])
         return 0;
     }
     let zapping = crate::pin::zapping();
-    let victims = if crate::pin::any() {
+    let mut victims = if crate::pin::any() {
         // Pages pinned for a system call stay (see `pin`).
         let (keep, go): (Vec<_>, Vec<_>) = victims
             .into_iter()
@@ -42,7 +42,6 @@ pub(crate) fn evict_locked(s: &Shared, victims: Vec<Victim>, scratch: &mut [u8])
     } else {
         victims
     };
-    let mut victims = victims;
     // In page order, so that neighbours are read out and freed with one call per run.
     victims.sort_unstable_by_key(|(r, page, _)| (r.id, *page));
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(victims.len());
