@@ -86,6 +86,7 @@ pub fn parse(output: &str) -> Map<String, Value> {
                 "direct_reclaims",
             ],
         ),
+        (r"reclaimer raised N times", &["reclaimer_raised"]),
         (
             r"resident N MiB \(peak N\) of N MiB budget; far tier N pages in N MiB \(ratio N\)",
             &[
@@ -133,7 +134,7 @@ farmem: stats at exit (sigbus fault mode, compressed:lz4 tier)\n\
 farmem:   faults: 1234 major, 56 minor, 78 zero-fill, 0 spurious\n\
 farmem:   major fault latency: mean 5.1 us, p50 4.2 us, p99 13.6 us, p99.9 40.0 us\n\
 farmem:   fetched 2000 pages; prefetched 766 (accuracy 90%, coverage 38%)\n\
-farmem:   evicted 3000 pages: 1000 written back, 1900 clean dropped, 100 zero; 42 demoted; 1 direct reclaims\n\
+farmem:   evicted 3000 pages: 1000 written back, 1900 clean dropped, 100 zero; 42 demoted; 1 direct reclaims; reclaimer raised 2 times\n\
 farmem:   resident 7.9 MiB (peak 8.0) of 8.0 MiB budget; far tier 6000 pages in 11.2 MiB (ratio 2.13)\n";
         let m = parse(out);
         assert_eq!(m["major_faults"], 1234);
@@ -141,6 +142,7 @@ farmem:   resident 7.9 MiB (peak 8.0) of 8.0 MiB budget; far tier 6000 pages in 
         assert_eq!(m["fault_p99_us"], 13.6);
         assert_eq!(m["prefetched_pages"], 766);
         assert_eq!(m["direct_reclaims"], 1);
+        assert_eq!(m["reclaimer_raised"], 2);
         assert_eq!(m["peak_resident_mib"], 8.0);
         assert_eq!(m["far_ratio"], 2.13);
         assert_eq!(strip(out), "skewed: 123 updates/s\n");

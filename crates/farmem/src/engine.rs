@@ -247,6 +247,7 @@ impl Engine {
             &c.cold_mapped,
             &c.zero_ahead,
             &c.direct_reclaims,
+            &c.reclaimer_raised,
         ] {
             a.store(0, Relaxed);
         }
@@ -313,5 +314,67 @@ fn resolve_mode(mode: FaultMode) -> Result<FaultMode, Error> {
             "this kernel's userfaultfd lacks UFFD_FEATURE_SIGBUS: use --fault-mode thread".into(),
         )),
         m => Ok(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// (scheduling policy, nice) of thread `tid` of this process, from its stat line.
+    fn sched_of(tid: i32) -> (u32, i32) {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        (f[41 - 3].parse().unwrap(), f[19 - 3].parse().unwrap())
+    }
+
+    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !ok() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_reclaimer_runs_in_the_background_until_raised() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        let e = Engine::builder().local_budget(64 * 4096).build().unwrap();
+        let s = &e.shared;
+        wait_for("the reclaimer starts", || s.reclaimer_tid().is_some());
+        let tid = s.reclaimer_tid().unwrap();
+        wait_for("the reclaimer lowers itself", || {
+            sched_of(tid).0 == SCHED_IDLE
+        });
+
+        // Frames taken (as faulting threads take them) until the reserve runs short:
+        // the reclaimer raises itself, and stays raised while it cannot free any.
+        let taken = s.try_reserve(64);
+        assert_eq!(taken, 64);
+        wait_for("the reclaimer raises itself", || {
+            sched_of(tid).0 == SCHED_OTHER
+        });
+        let nice = sched_of(tid).1;
+        // SAFETY: geteuid has no preconditions.
+        let privileged = unsafe { libc::geteuid() } == 0;
+        assert!(nice == -10 || (!privileged && nice == 0), "nice {nice}");
+        assert!(e.stats().reclaimer_raised >= 1);
+
+        // Frames back: it goes back to the background.
+        s.frames.release(taken);
+        wait_for("the reclaimer lowers itself again", || {
+            sched_of(tid).0 == SCHED_IDLE
+        });
+
+        // A faulting thread raises it too (it may be starved and unable to look).
+        let before = e.stats().reclaimer_raised;
+        s.raise_reclaimer();
+        assert_eq!(e.stats().reclaimer_raised, before + 1);
+        wait_for("and it lowers itself again", || {
+            sched_of(tid).0 == SCHED_IDLE
+        });
     }
 }

@@ -94,7 +94,7 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
     let c = &r.shared.counters;
     let t0 = Instant::now();
     loop {
-        let s = w.wait_unlocked();
+        let s = w.wait_unlocked_or(|| r.shared.raise_reclaimer());
         match s.tag() {
             Tag::Active => {
                 // Resolved by another thread, or unmapped by a range demotion while it

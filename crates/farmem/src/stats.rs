@@ -124,6 +124,7 @@ pub(crate) struct Counters {
     pub cold_mapped: AtomicU64,
     pub zero_ahead: AtomicU64,
     pub direct_reclaims: AtomicU64,
+    pub reclaimer_raised: AtomicU64,
     pub peak_resident: AtomicU64,
     pub major_latency: Histogram,
     pub minor_latency: Histogram,
@@ -218,6 +219,9 @@ pub struct Stats {
     pub zero_ahead_pages: u64,
     /// Times a faulting thread had to reclaim because no free frame was left.
     pub direct_reclaims: u64,
+    /// Times the reclaimer, which runs in the background (in idle CPU time), was raised
+    /// to a normal, higher priority because the free reserve ran low.
+    pub reclaimer_raised: u64,
     /// Pages resident now.
     pub resident_pages: u64,
     /// Most pages resident at once.
@@ -290,6 +294,7 @@ impl Stats {
             cold_mapped_pages: l(&c.cold_mapped),
             zero_ahead_pages: l(&c.zero_ahead),
             direct_reclaims: l(&c.direct_reclaims),
+            reclaimer_raised: l(&c.reclaimer_raised),
             peak_resident_pages: l(&c.peak_resident),
             major_latency: Latency::of(&c.major_latency),
             minor_latency: Latency::of(&c.minor_latency),
@@ -336,13 +341,14 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "evicted {} pages: {} written back, {} clean dropped, {} zero; {} demoted; {} direct reclaims",
+            "evicted {} pages: {} written back, {} clean dropped, {} zero; {} demoted; {} direct reclaims; reclaimer raised {} times",
             self.evicted_pages,
             self.written_back_pages,
             self.dropped_clean_pages,
             self.evicted_zero_pages,
             self.demoted_pages,
-            self.direct_reclaims
+            self.direct_reclaims,
+            self.reclaimer_raised
         )?;
         writeln!(
             f,

@@ -43,14 +43,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>) -> std::io::Result<std::thread::JoinHa
         .spawn(move || reclaimer_loop(&s2))
 }
 
-/// The reclaimer's nice value. When the program's threads keep every CPU busy, a
-/// reclaimer at the program's priority falls behind and faulting threads reclaim for
-/// themselves; a higher priority lets it keep the free reserve up. Without the privilege
-/// to raise it, it stays where it is.
-const RECLAIMER_NICE: i32 = -10;
-
 fn reclaimer_loop(s: &Shared) {
-    let _ = crate::sys::sched::set_thread_nice(RECLAIMER_NICE);
+    s.become_reclaimer();
     let map = match Mapping::anon(BATCH_PAGES * PAGE_SIZE) {
         Ok(m) => m,
         Err(e) => crate::fatal::die_io("could not map the reclaimer's buffer", &e),
@@ -62,9 +56,14 @@ fn reclaimer_loop(s: &Shared) {
     let mut quiet = 0u32;
     while !s.shutdown.load(Relaxed) {
         let budget = s.frames.budget();
-        let (_, high) = watermarks(budget);
+        let (low, high) = watermarks(budget);
         let resident = s.frames.resident();
         let free = s.frames.free();
+        if free < low {
+            s.raise_reclaimer();
+        } else if free >= high {
+            s.lower_reclaimer();
+        }
         if free < high {
             // Full batches keep the selection cheap (see `Clock`); on a small budget a
             // batch is capped at an eighth of it, so that the policy is not asked to evict
@@ -114,6 +113,7 @@ pub(crate) fn reserve_frame(s: &Shared, scratch: &mut [u8]) {
     let mut tries = 0u32;
     while s.try_reserve(1) == 0 {
         Counters::bump(&s.counters.direct_reclaims, 1);
+        s.raise_reclaimer();
         // A few pages at a time, to amortise the selection, but never a large share of a
         // small budget.
         let want = (s.frames.budget() / 256).clamp(1, 16);
@@ -124,6 +124,9 @@ pub(crate) fn reserve_frame(s: &Shared, scratch: &mut [u8]) {
                 std::thread::yield_now();
             }
         }
+    }
+    if s.frames.free() < watermarks(s.frames.budget()).0 {
+        s.raise_reclaimer();
     }
 }
 

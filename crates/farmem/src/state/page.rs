@@ -246,6 +246,14 @@ impl PageWord {
     /// Waits until the page is not locked and returns what it then reads.
     #[inline]
     pub fn wait_unlocked(&self) -> State {
+        self.wait_unlocked_or(|| {})
+    }
+
+    /// `wait_unlocked`, calling `long_wait` once if the holder does not let go within a
+    /// short spin (the fault path raises the reclaimer then: it may be the holder).
+    #[inline]
+    pub fn wait_unlocked_or(&self, long_wait: impl FnOnce()) -> State {
+        let mut long_wait = Some(long_wait);
         let mut spins = 0u32;
         loop {
             let s = self.load();
@@ -256,6 +264,9 @@ impl PageWord {
             if spins < 64 {
                 std::hint::spin_loop();
             } else {
+                if let Some(f) = long_wait.take() {
+                    f();
+                }
                 // The holder may be descheduled on this very CPU: let it run.
                 std::thread::yield_now();
             }

@@ -13,13 +13,21 @@ use crate::state::config::Config;
 use crate::state::region::RegionState;
 use crate::stats::{Counters, Stats};
 use crate::sys::mem::Zapper;
-use std::sync::atomic::AtomicBool;
+use crate::sys::sched::{Priority, gettid, set_thread_priority};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI32};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Capacity of the lock-free arrivals queue.
 const ARRIVALS: usize = 16384;
 
 /// The process-wide state every region of an engine shares.
+/// The reclaimer's priority while it is behind. When the program's threads keep every
+/// CPU busy, a reclaimer at the program's priority falls behind and faulting threads
+/// reclaim for themselves; a higher priority lets it keep the free reserve up. Without
+/// the privilege to raise it, it runs at nice 0.
+const RECLAIMER_URGENT: Priority = Priority::Urgent(-10);
+
 pub(crate) struct Shared {
     pub frames: Frames,
     pub backend: Arc<dyn Backend>,
@@ -37,6 +45,11 @@ pub(crate) struct Shared {
     pub config: Config,
     pub fault_mode: FaultMode,
     pub shutdown: AtomicBool,
+    /// The reclaimer thread's id (0 until it runs), so that other threads can raise its
+    /// priority (`raise_reclaimer`).
+    reclaimer_tid: AtomicI32,
+    /// Whether the reclaimer runs at `RECLAIMER_URGENT`.
+    reclaimer_urgent: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -69,7 +82,48 @@ impl Shared {
             config,
             fault_mode,
             shutdown: AtomicBool::new(false),
+            reclaimer_tid: AtomicI32::new(0),
+            reclaimer_urgent: AtomicBool::new(false),
         })
+    }
+
+    /// Makes the calling thread the reclaimer, and runs it in the background.
+    pub(crate) fn become_reclaimer(&self) {
+        self.reclaimer_tid.store(gettid(), Relaxed);
+        self.reclaimer_urgent.store(true, Relaxed);
+        self.lower_reclaimer();
+    }
+
+    /// Runs the reclaimer in the background (`SCHED_IDLE`): in CPU time nobody else
+    /// wants. On a machine whose CPUs a program and its clients take turns on, a
+    /// reclaimer at a normal priority holds the CPU a client wakes up on (DESIGN.md,
+    /// "the reclaimer's priority").
+    pub(crate) fn lower_reclaimer(&self) {
+        if self.reclaimer_urgent.swap(false, Relaxed) {
+            let _ = set_thread_priority(self.reclaimer_tid.load(Relaxed), Priority::Background);
+        }
+    }
+
+    /// Raises the reclaimer to `RECLAIMER_URGENT` until it lowers itself again (when the
+    /// free reserve is back at the high watermark). A faulting thread calls this when it
+    /// leaves the reserve below the low watermark, when it finds no free frame, and when
+    /// it waits on a locked page: a background reclaimer may be starved and unable to
+    /// notice, or starved while it holds the page. One system call, once per episode.
+    pub(crate) fn raise_reclaimer(&self) {
+        let tid = self.reclaimer_tid.load(Relaxed);
+        if tid != 0
+            && !self.reclaimer_urgent.load(Relaxed)
+            && !self.reclaimer_urgent.swap(true, Relaxed)
+        {
+            Counters::bump(&self.counters.reclaimer_raised, 1);
+            let _ = set_thread_priority(tid, RECLAIMER_URGENT);
+        }
+    }
+
+    /// The reclaimer thread's id, once it runs.
+    #[cfg(test)]
+    pub(crate) fn reclaimer_tid(&self) -> Option<i32> {
+        Some(self.reclaimer_tid.load(Relaxed)).filter(|&t| t != 0)
     }
 
     /// Enters a region made by `make(id)` under a free id.
