@@ -12,6 +12,7 @@ mod opts;
 mod run;
 mod serve;
 mod table;
+mod vm;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -106,6 +107,14 @@ enum Command {
     /// freely): a row per workload and budget with the medians of farmem, Linux swap and
     /// all-local, farmem's ratios to both, and the fault rates behind them.
     Summarize(table::SummarizeArgs),
+    /// A KVM guest whose RAM is far memory: MEMORY of guest RAM under a LOCAL_MEM budget.
+    ///
+    /// Runs one of the project's minimal guests (`--guest sort|random|kv`, freestanding
+    /// long-mode payloads that check their own results) on one vCPU. The guest's console
+    /// goes to stdout and its exit code becomes farmem's. KVM faults on guest RAM in the
+    /// kernel, so the engine runs in thread fault mode (each fault is handed to a handler
+    /// thread). Needs /dev/kvm.
+    Vm(vm::VmArgs),
     /// Internal: runs a workload all-local in this process (the Linux-swap child).
     #[command(hide = true, name = "__worker")]
     Worker {
@@ -127,6 +136,11 @@ fn main() {
         Command::Serve(a) => serve::serve(a),
         Command::NodeStatus(a) => serve::node_status(a),
         Command::Summarize(a) => table::summarize(a),
+        Command::Vm(a) => vm::vm(a).map(|code| {
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }),
         Command::Worker { job } => worker::run(&job),
     };
     if let Err(e) = result {

@@ -110,6 +110,22 @@ fn bad_input_gets_one_clear_line() {
             "unknown allocator `jemalloc` (choose farslab, mimalloc or tlsf",
         ),
         (&["run", "--local-mem", "64M"], "needs a program to run"),
+        (
+            &["vm", "--guest", "doom"],
+            "unknown guest \"doom\"; use one of: sort, random, kv",
+        ),
+        (
+            &["vm", "--guest", "sort", "--memory", "9M"],
+            "--memory must be a multiple of 2 MiB",
+        ),
+        (
+            &["vm", "--guest", "sort", "--memory", "16M", "64M"],
+            "minus 4 MiB",
+        ),
+        (
+            &["vm", "--guest", "kv", "1M", "many"],
+            "guest OPS \"many\" is not a whole number",
+        ),
     ];
     for (args, want) in cases {
         let out = farmem(args);
@@ -314,4 +330,39 @@ fn run_stats_come_from_the_started_process_even_through_exec() {
         "one summary expected:\n{stderr}"
     );
     assert!(stderr.contains("syscall guard: "), "{stderr}");
+}
+
+/// `farmem vm` runs a guest to its exit code, with its console on stdout.
+#[test]
+fn a_guest_runs_under_farmem_vm_and_its_exit_code_is_farmems() {
+    if std::fs::metadata("/dev/kvm").is_err() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let out = farmem(&["vm", "--guest", "list"]);
+    assert!(out.status.success());
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["sort", "random", "kv"]);
+    let out = farmem(&[
+        "vm",
+        "--memory",
+        "16M",
+        "--local-mem",
+        "2M",
+        "--stats",
+        "--guest",
+        "sort",
+        "8M",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(text.contains("sort: sorted and verified"), "{text}");
+    assert!(
+        err.contains("guest sort exited with 0") && err.contains("faults:"),
+        "{err}"
+    );
 }

@@ -1,0 +1,125 @@
+//! `farmem vm`: a KVM guest whose RAM is far memory (crates/farmem-vm).
+
+use crate::opts;
+use anyhow::{Result, bail};
+use clap::Args;
+use farmem::{Engine, FaultMode, PrefetchKind};
+use farmem_vm::{GuestSpec, Workload};
+
+#[derive(Args, Debug, Clone)]
+pub struct VmArgs {
+    /// The guest's RAM (K/M/G suffixes; a multiple of 2 MiB, 8 MiB or more).
+    #[arg(long, default_value = "256M", value_parser = opts::size)]
+    pub memory: u64,
+    /// Local memory budget for the guest's RAM.
+    #[arg(long = "local-mem", default_value = "64M", value_parser = opts::size)]
+    pub local_mem: u64,
+    /// Far tier: mem, compressed (lz4), compressed:zstd, compressed:zstd:LEVEL, or
+    /// tcp://HOST:PORT (a memory node; its token from FARMEM_TOKEN_FILE or FARMEM_TOKEN).
+    #[arg(long, default_value = "compressed")]
+    pub backend: String,
+    /// Prefetcher on the guest's physical address stream: none, readahead or majority.
+    #[arg(long, default_value = "readahead")]
+    pub prefetch: PrefetchKind,
+    /// Print the engine's statistics when the guest exits.
+    #[arg(long)]
+    pub stats: bool,
+    /// The project's minimal guest to run: sort, random or kv (`--guest list` says what
+    /// each does).
+    #[arg(long)]
+    pub guest: String,
+    /// The guest's arguments: SIZE (bytes of its RAM the workload uses; default: all of
+    /// it but the first 4 MiB) and OPS (operations for random and kv; default 1M).
+    #[arg(value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Run the guest with plain local RAM instead (no farmem): the baseline.
+    #[arg(long = "all-local")]
+    pub all_local: bool,
+    /// Seed of the guest's random numbers.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+pub fn vm(a: VmArgs) -> Result<i32> {
+    if a.guest == "list" {
+        for (name, _, what) in Workload::ALL {
+            println!("{name:<8}{what}");
+        }
+        return Ok(0);
+    }
+    let Some(workload) = Workload::by_name(&a.guest) else {
+        bail!(
+            "unknown guest {:?}; use one of: {} (`farmem vm --guest list` says what each does)",
+            a.guest,
+            Workload::ALL.map(|w| w.0).join(", ")
+        );
+    };
+    if a.args.len() > 2 {
+        bail!(
+            "the guest takes at most two arguments, SIZE and OPS (got {:?})",
+            a.args
+        );
+    }
+    let size = match a.args.first() {
+        Some(s) => opts::size(s).map_err(|e| anyhow::anyhow!("guest SIZE {s:?}: {e}"))?,
+        None => a.memory.saturating_sub(farmem_vm::HEAP_START),
+    };
+    let ops = match a.args.get(1) {
+        Some(s) => s
+            .replace('_', "")
+            .parse::<u64>()
+            .map_err(|_| anyhow::anyhow!("guest OPS {s:?} is not a whole number"))?,
+        None => 1_000_000,
+    };
+    let spec = GuestSpec {
+        workload,
+        size,
+        ops,
+        seed: a.seed,
+    };
+    farmem_vm::check(a.memory, &spec)?;
+    if a.local_mem < farmem::MIN_BUDGET_PAGES as u64 * 4096 {
+        bail!(
+            "--local-mem must be at least {} KiB",
+            farmem::MIN_BUDGET_PAGES * 4
+        );
+    }
+    if a.all_local {
+        let t0 = std::time::Instant::now();
+        let outcome = farmem_vm::run_all_local(a.memory, &spec, &mut std::io::stdout())?;
+        if a.stats {
+            eprintln!(
+                "farmem: guest {} exited with {} after {:.2} s ({} RAM, all local)",
+                a.guest,
+                outcome.exit_code,
+                t0.elapsed().as_secs_f64(),
+                opts::human(a.memory)
+            );
+        }
+        return Ok(outcome.exit_code as i32);
+    }
+    let engine = Engine::builder()
+        .local_budget(a.local_mem as usize)
+        .backend(opts::backend(&a.backend)?)
+        .prefetch(a.prefetch)
+        .fault_mode(FaultMode::Thread)
+        .build()?;
+    let t0 = std::time::Instant::now();
+    let mut out = std::io::stdout();
+    let outcome = farmem_vm::run(&engine, a.memory, &spec, &mut out)?;
+    if a.stats {
+        eprintln!(
+            "farmem: guest {} exited with {} after {:.2} s ({} RAM, {} local, {} tier)",
+            a.guest,
+            outcome.exit_code,
+            t0.elapsed().as_secs_f64(),
+            opts::human(a.memory),
+            opts::human(a.local_mem),
+            engine.backend_name()
+        );
+        for line in engine.stats().to_string().lines() {
+            eprintln!("farmem:   {line}");
+        }
+    }
+    Ok(outcome.exit_code as i32)
+}
