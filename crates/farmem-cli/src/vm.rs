@@ -84,41 +84,42 @@ pub fn vm(a: VmArgs) -> Result<i32> {
             farmem::MIN_BUDGET_PAGES * 4
         );
     }
-    if a.all_local {
-        let t0 = std::time::Instant::now();
-        let outcome = farmem_vm::run_all_local(a.memory, &spec, &mut std::io::stdout())?;
-        if a.stats {
-            eprintln!(
-                "farmem: guest {} exited with {} after {:.2} s ({} RAM, all local)",
-                a.guest,
-                outcome.exit_code,
-                t0.elapsed().as_secs_f64(),
-                opts::human(a.memory)
-            );
-        }
-        return Ok(outcome.exit_code as i32);
-    }
-    let engine = Engine::builder()
-        .local_budget(a.local_mem as usize)
-        .backend(opts::backend(&a.backend)?)
-        .prefetch(a.prefetch)
-        .fault_mode(FaultMode::Thread)
-        .build()?;
     let t0 = std::time::Instant::now();
     let mut out = std::io::stdout();
-    let outcome = farmem_vm::run(&engine, a.memory, &spec, &mut out)?;
+    let (outcome, engine) = if a.all_local {
+        (farmem_vm::run_all_local(a.memory, &spec, &mut out)?, None)
+    } else {
+        let engine = Engine::builder()
+            .local_budget(a.local_mem as usize)
+            .backend(opts::backend(&a.backend)?)
+            .prefetch(a.prefetch)
+            .fault_mode(FaultMode::Thread)
+            .build()?;
+        (
+            farmem_vm::run(&engine, a.memory, &spec, &mut out)?,
+            Some(engine),
+        )
+    };
     if a.stats {
+        let ram = match &engine {
+            Some(e) => format!(
+                "{} local, {} tier",
+                opts::human(a.local_mem),
+                e.backend_name()
+            ),
+            None => "all local".into(),
+        };
         eprintln!(
-            "farmem: guest {} exited with {} after {:.2} s ({} RAM, {} local, {} tier)",
+            "farmem: guest {} exited with {} after {:.2} s ({} RAM, {ram})",
             a.guest,
             outcome.exit_code,
             t0.elapsed().as_secs_f64(),
-            opts::human(a.memory),
-            opts::human(a.local_mem),
-            engine.backend_name()
+            opts::human(a.memory)
         );
-        for line in engine.stats().to_string().lines() {
-            eprintln!("farmem:   {line}");
+        if let Some(e) = &engine {
+            for line in e.stats().to_string().lines() {
+                eprintln!("farmem:   {line}");
+            }
         }
     }
     Ok(outcome.exit_code as i32)

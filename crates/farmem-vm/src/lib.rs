@@ -30,6 +30,7 @@
 //! sort 2 MiB; at ring 3 it runs natively (0.03 s for 2 MiB). On a host with hardware
 //! virtualisation it makes no difference.
 
+use farmem::sys::mem::Mapping;
 use farmem::{Engine, FaultMode, Region};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit};
@@ -189,9 +190,9 @@ pub fn run_all_local(
     console: &mut dyn Write,
 ) -> Result<Outcome, VmError> {
     check(memory, spec)?;
-    let ram = AnonRam::new(memory as usize)
+    let ram = Mapping::anon(memory as usize)
         .map_err(|e| VmError::Config(format!("could not map {memory} bytes of guest RAM: {e}")))?;
-    run_on(&ram, ram.ptr, memory, spec, console)
+    run_on(&ram, ram.ptr(), memory, spec, console)
 }
 
 /// Guest RAM the VMM can write its layout into.
@@ -205,48 +206,19 @@ impl Ram for Region {
     }
 }
 
-/// Private anonymous memory, unmapped on drop.
-struct AnonRam {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl AnonRam {
-    fn new(len: usize) -> std::io::Result<AnonRam> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(AnonRam { ptr: p.cast(), len })
-    }
-}
-
-impl Ram for AnonRam {
+impl Ram for Mapping {
     fn put(&self, addr: u64, bytes: &[u8]) -> Result<(), VmError> {
-        assert!(addr as usize + bytes.len() <= self.len);
+        assert!(addr as usize + bytes.len() <= self.len());
         // SAFETY: the range is inside the mapping (checked above) and nothing else holds
         // a reference into it while the VM is being set up.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(addr as usize), bytes.len())
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr().add(addr as usize),
+                bytes.len(),
+            )
         };
         Ok(())
-    }
-}
-
-impl Drop for AnonRam {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping `new` made; the VM using it is gone.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
