@@ -24,8 +24,16 @@ pub struct VmArgs {
     /// Print the engine's statistics when the guest exits.
     #[arg(long)]
     pub stats: bool,
-    /// The project's minimal guest to run: sort, random or kv (`--guest list` says what
-    /// each does).
+    /// vCPUs (1 to 8), each a thread of this process; the workloads share their work
+    /// and their memory among them.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Stop the guest, and fail with its last console output, if it has not finished
+    /// after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// The project's minimal guest to run: sort, random or kv (or crash and hang, which
+    /// go wrong on purpose; `--guest list` says what each does).
     #[arg(long)]
     pub guest: String,
     /// The guest's arguments: SIZE (bytes of its RAM the workload uses; default: all of
@@ -77,7 +85,19 @@ pub fn vm(a: VmArgs) -> Result<i32> {
         ops,
         seed: a.seed,
     };
-    farmem_vm::check(a.memory, &spec)?;
+    let timeout = match a.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            bail!("--timeout must be a positive number of seconds (got {t})")
+        }
+        t => t.map(std::time::Duration::from_secs_f64),
+    };
+    let machine = farmem_vm::Machine {
+        memory: a.memory,
+        cpus: a.cpus,
+        timeout,
+    };
+    farmem_vm::check(&machine, &spec)?;
+    farmem_vm::check_kvm()?;
     if a.local_mem < farmem::MIN_BUDGET_PAGES as u64 * 4096 {
         bail!(
             "--local-mem must be at least {} KiB",
@@ -87,16 +107,17 @@ pub fn vm(a: VmArgs) -> Result<i32> {
     let t0 = std::time::Instant::now();
     let mut out = std::io::stdout();
     let (outcome, engine) = if a.all_local {
-        (farmem_vm::run_all_local(a.memory, &spec, &mut out)?, None)
+        (farmem_vm::run_all_local(&machine, &spec, &mut out)?, None)
     } else {
         let engine = Engine::builder()
             .local_budget(a.local_mem as usize)
             .backend(opts::backend(&a.backend)?)
             .prefetch(a.prefetch)
             .fault_mode(FaultMode::Thread)
+            .handler_threads(a.cpus as usize)
             .build()?;
         (
-            farmem_vm::run(&engine, a.memory, &spec, &mut out)?,
+            farmem_vm::run(&engine, &machine, &spec, &mut out)?,
             Some(engine),
         )
     };

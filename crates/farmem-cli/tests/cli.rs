@@ -115,6 +115,14 @@ fn bad_input_gets_one_clear_line() {
             "unknown guest \"doom\"; use one of: sort, random, kv",
         ),
         (
+            &["vm", "--guest", "sort", "--cpus", "9"],
+            "--cpus must be from 1 to 8",
+        ),
+        (
+            &["vm", "--guest", "sort", "--timeout", "0"],
+            "--timeout must be a positive number",
+        ),
+        (
             &["vm", "--guest", "sort", "--memory", "9M"],
             "--memory must be a multiple of 2 MiB",
         ),
@@ -345,7 +353,7 @@ fn a_guest_runs_under_farmem_vm_and_its_exit_code_is_farmems() {
         .lines()
         .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
         .collect();
-    assert_eq!(names, ["sort", "random", "kv"]);
+    assert_eq!(names, ["sort", "random", "kv", "crash", "hang"]);
     let out = farmem(&[
         "vm",
         "--memory",
@@ -363,6 +371,55 @@ fn a_guest_runs_under_farmem_vm_and_its_exit_code_is_farmems() {
     assert!(text.contains("sort: sorted and verified"), "{text}");
     assert!(
         err.contains("guest sort exited with 0") && err.contains("faults:"),
+        "{err}"
+    );
+}
+
+/// `farmem vm` says in one line, before any guest starts, that KVM is missing or
+/// forbidden, and a guest that crashes is reported with its last console line.
+#[test]
+fn farmem_vm_without_kvm_or_with_a_crashing_guest_says_why() {
+    let run = |env: Option<(&str, &str)>, pre: &[&str], args: &[&str]| {
+        let mut cmd = if pre.is_empty() {
+            Command::new(env!("CARGO_BIN_EXE_farmem"))
+        } else {
+            let mut c = Command::new(pre[0]);
+            c.args(&pre[1..]).arg(env!("CARGO_BIN_EXE_farmem"));
+            c
+        };
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(out.stdout.is_empty(), "no guest output expected");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let args = ["vm", "--memory", "16M", "--guest", "sort", "1M"];
+    let err = run(Some(("FARMEM_KVM_DEVICE", "/nonexistent/kvm")), &[], &args);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("this machine has no /dev/kvm"), "{err}");
+    // As an unprivileged user (root can open any device node).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && std::path::Path::new("/usr/bin/setpriv").exists() {
+        let pre = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ];
+        let err = run(None, &pre, &args);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("no permission to use /dev/kvm"), "{err}");
+    }
+    if std::fs::metadata("/dev/kvm").is_err() {
+        return;
+    }
+    let out = farmem(&["vm", "--memory", "16M", "--guest", "crash"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("triple fault") && err.contains("| crash: executing"),
         "{err}"
     );
 }
