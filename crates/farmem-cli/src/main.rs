@@ -4,6 +4,7 @@ mod bench;
 mod bench_cmd;
 mod bench_redis;
 mod bench_remote;
+mod ctl;
 mod demo;
 mod farmem_stats;
 mod floor;
@@ -110,11 +111,19 @@ enum Command {
     /// A KVM guest whose RAM is far memory: MEMORY of guest RAM under a LOCAL_MEM budget.
     ///
     /// Runs one of the project's minimal guests (`--guest sort|random|kv`, freestanding
-    /// long-mode payloads that check their own results) on one vCPU. The guest's console
-    /// goes to stdout and its exit code becomes farmem's. KVM faults on guest RAM in the
-    /// kernel, so the engine runs in thread fault mode (each fault is handed to a handler
-    /// thread). Needs /dev/kvm.
+    /// long-mode payloads that check their own results) on --cpus vCPUs. The guest's
+    /// console goes to stdout and its exit code becomes farmem's. KVM faults on guest RAM
+    /// in the kernel, so the engine runs in thread fault mode (each fault is handed to a
+    /// handler thread). With --control PATH, `farmem ctl PATH` changes the budget and
+    /// reads statistics while the guest runs. Needs /dev/kvm.
     Vm(vm::VmArgs),
+    /// Change the budget of, or read statistics from, a running `farmem vm` or `farmem
+    /// run` that was started with --control PATH.
+    ///
+    /// `budget [SIZE]` prints or sets the local budget (lowering it evicts before it
+    /// returns); `stats [--json | --prometheus]` prints the statistics; `prefetch [NAME]`
+    /// prints or switches the prefetcher. Only the socket's owner (and root) can connect.
+    Ctl(ctl::CtlArgs),
     /// Internal: runs a workload all-local in this process (the Linux-swap child).
     #[command(hide = true, name = "__worker")]
     Worker {
@@ -141,6 +150,7 @@ fn main() {
                 std::process::exit(code);
             }
         }),
+        Command::Ctl(a) => ctl::ctl(a),
         Command::Worker { job } => worker::run(&job),
     };
     if let Err(e) = result {

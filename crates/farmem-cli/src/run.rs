@@ -64,6 +64,12 @@ pub struct RunArgs {
     /// Without it, such a call on an evicted buffer fails with EFAULT.
     #[arg(long)]
     pub no_syscall_guard: bool,
+    /// Serve live control on a Unix socket at PATH while the program runs: `farmem ctl
+    /// PATH budget SIZE | stats [--json|--prometheus] | prefetch NAME`. The socket belongs
+    /// to PROGRAM's own process (not to programs it starts) and goes away when it exits
+    /// (one that ends with _exit leaves it behind, and the next --control replaces it).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
     /// Print a summary of what far memory did when the program exits.
     #[arg(long)]
     pub stats: bool,
@@ -167,6 +173,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         .build()
         .context("far memory is not available on this machine")?;
     drop(check);
+    let control = match &a.control {
+        Some(p) => {
+            let p = std::path::absolute(p)
+                .with_context(|| format!("--control {}: cannot resolve the path", p.display()))?;
+            farmem::control::check_free(&p)?;
+            Some(p)
+        }
+        None => None,
+    };
     let preload = find_preload()?;
     let mut ld = preload.display().to_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
@@ -196,6 +211,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(p) = &token_file {
         cmd.env("FARMEM_TOKEN_FILE", p);
     }
+    match &control {
+        Some(p) => cmd.env("FARMEM_CONTROL", p),
+        None => cmd.env_remove("FARMEM_CONTROL"),
+    };
     // A fresh report owner: the preload of the program about to start records its pid.
     cmd.env_remove("FARMEM_STATS_PID");
     if a.stats {

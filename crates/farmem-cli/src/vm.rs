@@ -28,6 +28,10 @@ pub struct VmArgs {
     /// and their memory among them.
     #[arg(long, default_value_t = 1)]
     pub cpus: u32,
+    /// Serve live control on a Unix socket at PATH while the guest runs: `farmem ctl PATH
+    /// budget SIZE | stats [--json|--prometheus] | prefetch NAME`.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<std::path::PathBuf>,
     /// Stop the guest, and fail with its last console output, if it has not finished
     /// after SECS seconds.
     #[arg(long, value_name = "SECS")]
@@ -97,6 +101,12 @@ pub fn vm(a: VmArgs) -> Result<i32> {
         timeout,
     };
     farmem_vm::check(&machine, &spec)?;
+    if let Some(p) = &a.control {
+        if a.all_local {
+            bail!("--control needs far memory to control; it does not go with --all-local");
+        }
+        farmem::control::check_free(p)?;
+    }
     farmem_vm::check_kvm()?;
     if a.local_mem < farmem::MIN_BUDGET_PAGES as u64 * 4096 {
         bail!(
@@ -109,13 +119,19 @@ pub fn vm(a: VmArgs) -> Result<i32> {
     let (outcome, engine) = if a.all_local {
         (farmem_vm::run_all_local(&machine, &spec, &mut out)?, None)
     } else {
-        let engine = Engine::builder()
-            .local_budget(a.local_mem as usize)
-            .backend(opts::backend(&a.backend)?)
-            .prefetch(a.prefetch)
-            .fault_mode(FaultMode::Thread)
-            .handler_threads(a.cpus as usize)
-            .build()?;
+        let engine = std::sync::Arc::new(
+            Engine::builder()
+                .local_budget(a.local_mem as usize)
+                .backend(opts::backend(&a.backend)?)
+                .prefetch(a.prefetch)
+                .fault_mode(FaultMode::Thread)
+                .handler_threads(a.cpus as usize)
+                .build()?,
+        );
+        let _control = match &a.control {
+            Some(p) => Some(farmem::control::ControlServer::start(p, engine.clone())?),
+            None => None,
+        };
         (
             farmem_vm::run(&engine, &machine, &spec, &mut out)?,
             Some(engine),

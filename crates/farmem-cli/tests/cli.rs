@@ -423,3 +423,176 @@ fn farmem_vm_without_kvm_or_with_a_crashing_guest_says_why() {
         "{err}"
     );
 }
+
+/// `farmem ctl` lowers and raises the budget of a running guest, and reads its statistics
+/// as JSON and Prometheus text; the guest still verifies all of its memory.
+#[test]
+fn farmem_ctl_changes_a_running_guests_budget() {
+    if std::fs::metadata("/dev/kvm").is_err() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("farmem-ctl-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("vm.sock");
+    let s = sock.to_str().unwrap();
+    let vm = Command::new(env!("CARGO_BIN_EXE_farmem"))
+        .args([
+            "vm",
+            "--memory",
+            "40M",
+            "--local-mem",
+            "4M",
+            "--prefetch",
+            "none",
+            "--control",
+            s,
+            "--timeout",
+            "300",
+            "--guest",
+            "random",
+            "32M",
+            "300000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "the control socket never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_farmem"))
+            .arg("ctl")
+            .arg(s)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ctl {args:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let num = |json: &str, key: &str| -> u64 {
+        let at = json
+            .find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{key}: {json}"));
+        json[at + key.len() + 3..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap() as u64
+    };
+    assert_eq!(ctl(&["budget"]).trim(), "4.00 MiB");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        ctl(&["budget", "2M"]).trim(),
+        "budget 2.00 MiB (was 4.00 MiB)"
+    );
+    let json = ctl(&["stats", "--json"]);
+    assert_eq!(num(&json, "budget_pages"), 512, "{json}");
+    assert!(num(&json, "resident_pages") <= 512, "{json}");
+    assert!(num(&json, "evicted_pages") > 1000, "{json}");
+    let prom = ctl(&["stats", "--prometheus"]);
+    assert!(
+        prom.contains("# TYPE farmem_major_faults_total counter"),
+        "{prom}"
+    );
+    assert!(prom.contains("farmem_budget_pages 512\n"), "{prom}");
+    // Everything fits again: the rest of the run takes no more major faults than the
+    // pages it brings back.
+    ctl(&["budget", "40M"]);
+    let out = vm.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("300000 updates over 4194304 words verified"),
+        "{text}"
+    );
+    assert!(!sock.exists(), "the socket goes when the VM exits");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `farmem run --control` serves the program's engine: `farmem ctl` reads and changes its
+/// budget while it runs, and the socket goes when it exits.
+#[test]
+fn farmem_ctl_changes_a_running_programs_budget() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("farmem-ctl-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("run.sock");
+    let s = sock.to_str().unwrap();
+    let mut prog = Command::new(env!("CARGO_BIN_EXE_farmem"))
+        .args([
+            "run",
+            "--local-mem",
+            "8M",
+            "--control",
+            s,
+            "--",
+            "head",
+            "-n",
+            "1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "the control socket never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_farmem"))
+            .arg("ctl")
+            .arg(s)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(ctl(&["budget"]).trim(), "8.00 MiB");
+    assert_eq!(
+        ctl(&["budget", "32M"]).trim(),
+        "budget 32.0 MiB (was 8.00 MiB)"
+    );
+    assert!(ctl(&["stats", "--json"]).contains("\"budget_pages\":8192"));
+    assert_eq!(
+        ctl(&["prefetch", "none"]).trim(),
+        "prefetch none (was readahead)"
+    );
+    // A second program on the same socket is refused before it starts.
+    let out = farmem(&["run", "--control", s, "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another program is serving it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    prog.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = prog.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    // (A program that ends with _exit leaves the socket behind; the next --control at the
+    // path finds nobody serving it and replaces it.)
+    assert!(!sock.exists(), "the socket goes when the program exits");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

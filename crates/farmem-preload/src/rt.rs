@@ -54,6 +54,8 @@ pub(crate) struct Runtime {
 }
 
 static RT: OnceLock<Runtime> = OnceLock::new();
+/// The control socket this process serves (`farmem run --control`), removed at exit.
+static CONTROL_PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
 
 /// Text ranges of the C library, the dynamic loader and this library.
 static LIBC_TEXT: [(AtomicUsize, AtomicUsize); 8] =
@@ -264,6 +266,13 @@ fn init() -> Result<(), String> {
     LEN.store(len, Release);
     STATE.store(READY, Release);
     start_guard(&rt().expect("just set").engine)?;
+    if reporter && let Some(path) = env("FARMEM_CONTROL") {
+        let path = std::path::PathBuf::from(path);
+        farmem::control::ControlServer::start(&path, &rt().expect("just set").engine)
+            .map_err(|e| e.to_string())?
+            .detach();
+        let _ = CONTROL_PATH.set(path);
+    }
     if let Some(secs) = interval.filter(|s| *s > 0.0) {
         let _ = std::thread::Builder::new()
             .name("farmem-stats".into())
@@ -398,6 +407,12 @@ extern "C" fn finish() {
     // process's session once the exit has closed its connections.
     if let Some(rt) = rt() {
         rt.engine.before_exit();
+    }
+    if let Some(p) = CONTROL_PATH.get()
+        // SAFETY: getpid has no preconditions.
+        && unsafe { libc::getpid() } == INIT_PID.load(Relaxed)
+    {
+        farmem::control::remove_socket(p);
     }
     // SAFETY: getpid has no preconditions.
     if !STATS_AT_EXIT.load(Relaxed) || unsafe { libc::getpid() } != INIT_PID.load(Relaxed) {

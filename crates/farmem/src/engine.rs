@@ -214,6 +214,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Replaces every region's prefetcher, now and for regions mapped later, with a fresh
+    /// one of `kind` (a custom prefetcher too).
+    pub fn set_prefetch(&self, kind: PrefetchKind) {
+        self.shared.set_prefetch(kind);
+    }
+
+    /// The prefetcher the regions use: `none`, `readahead`, `majority` or `custom`.
+    pub fn prefetch(&self) -> &'static str {
+        self.shared.prefetch_name()
+    }
+
     /// A snapshot of what the engine has done.
     pub fn stats(&self) -> Stats {
         self.shared.stats()

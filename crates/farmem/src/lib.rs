@@ -37,6 +37,8 @@ pub mod stats;
 pub mod sys;
 // The engine, bottom to top (state/mod.rs draws the stack).
 mod engine;
+// On top of the engine: live control over a socket.
+pub mod control;
 mod fault;
 pub mod fork;
 pub mod heap;
@@ -51,7 +53,7 @@ pub use region::Region;
 pub use state::budget::MIN_BUDGET_PAGES;
 pub use state::config::{Config, Factory};
 pub use state::{page, pin};
-pub use stats::{Latency, Stats};
+pub use stats::{Latency, Metric, MetricKind, Stats};
 
 /// How faults are resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -101,6 +103,17 @@ pub enum PrefetchKind {
     Readahead,
     /// Leap's majority trend over recent fault deltas.
     Majority,
+}
+
+impl PrefetchKind {
+    /// The name `from_str` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrefetchKind::None => "none",
+            PrefetchKind::Readahead => "readahead",
+            PrefetchKind::Majority => "majority",
+        }
+    }
 }
 
 impl std::str::FromStr for PrefetchKind {

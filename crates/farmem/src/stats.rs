@@ -304,6 +304,232 @@ impl Stats {
     }
 }
 
+/// Whether a [`Metric`] only grows (a count of events) or goes up and down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Counts events since the start (or the last reset).
+    Counter,
+    /// A level now.
+    Gauge,
+}
+
+/// One figure of a [`Stats`] snapshot, named once for every export format
+/// ([`Stats::to_json`], [`Stats::to_prometheus`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metric {
+    /// snake_case name, the JSON key (Prometheus: `farmem_` before it, `_total` after a
+    /// counter's).
+    pub name: &'static str,
+    /// One line on what it counts.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// The value.
+    pub value: f64,
+}
+
+impl Stats {
+    /// Every figure of the snapshot, with its name and meaning.
+    pub fn metrics(&self) -> Vec<Metric> {
+        use MetricKind::*;
+        let m = |name, help, kind, value: f64| Metric {
+            name,
+            help,
+            kind,
+            value,
+        };
+        let mut v = vec![
+            m(
+                "major_faults",
+                "Faults that waited for the far tier.",
+                Counter,
+                self.major_faults as f64,
+            ),
+            m(
+                "minor_faults",
+                "Faults on pages that were local but unmapped.",
+                Counter,
+                self.minor_faults as f64,
+            ),
+            m(
+                "zero_faults",
+                "First touches served with zeros.",
+                Counter,
+                self.zero_faults as f64,
+            ),
+            m(
+                "spurious_faults",
+                "Faults another thread had already resolved.",
+                Counter,
+                self.spurious_faults as f64,
+            ),
+            m(
+                "fetched_pages",
+                "Pages read from the far tier.",
+                Counter,
+                self.fetched_pages as f64,
+            ),
+            m(
+                "prefetched_pages",
+                "Pages brought in ahead of use by the prefetcher.",
+                Counter,
+                self.prefetched_pages as f64,
+            ),
+            m(
+                "prefetch_hits",
+                "Prefetched pages touched before eviction.",
+                Counter,
+                self.prefetch_hits as f64,
+            ),
+            m(
+                "prefetch_unused",
+                "Prefetched pages evicted untouched.",
+                Counter,
+                self.prefetch_unused as f64,
+            ),
+            m(
+                "object_pages",
+                "Pages brought in with the object a fault landed in.",
+                Counter,
+                self.object_pages as f64,
+            ),
+            m(
+                "evicted_pages",
+                "Pages evicted from local memory.",
+                Counter,
+                self.evicted_pages as f64,
+            ),
+            m(
+                "written_back_pages",
+                "Evicted pages written to the far tier.",
+                Counter,
+                self.written_back_pages as f64,
+            ),
+            m(
+                "dropped_clean_pages",
+                "Evicted pages dropped because the far copy was current.",
+                Counter,
+                self.dropped_clean_pages as f64,
+            ),
+            m(
+                "evicted_zero_pages",
+                "Evicted pages that were all zeros.",
+                Counter,
+                self.evicted_zero_pages as f64,
+            ),
+            m(
+                "direct_reclaims",
+                "Times a faulting thread had to reclaim for itself.",
+                Counter,
+                self.direct_reclaims as f64,
+            ),
+            m(
+                "reclaimer_raised",
+                "Times the background reclaimer was raised to a higher priority.",
+                Counter,
+                self.reclaimer_raised as f64,
+            ),
+            m(
+                "resident_pages",
+                "Pages resident now.",
+                Gauge,
+                self.resident_pages as f64,
+            ),
+            m(
+                "peak_resident_pages",
+                "Most pages resident at once.",
+                Gauge,
+                self.peak_resident_pages as f64,
+            ),
+            m(
+                "budget_pages",
+                "The local budget, in 4 KiB pages.",
+                Gauge,
+                self.budget_pages as f64,
+            ),
+            m(
+                "far_pages",
+                "Pages held by the far tier.",
+                Gauge,
+                self.far_pages as f64,
+            ),
+            m(
+                "far_bytes",
+                "Bytes of memory the far tier uses.",
+                Gauge,
+                self.far_bytes as f64,
+            ),
+        ];
+        let help =
+            "Fault latency in farmem's handler, microseconds (50th, 99th, 99.9th percentiles).";
+        for (names, l) in [
+            (
+                [
+                    "major_latency_p50_us",
+                    "major_latency_p99_us",
+                    "major_latency_p999_us",
+                ],
+                &self.major_latency,
+            ),
+            (
+                [
+                    "minor_latency_p50_us",
+                    "minor_latency_p99_us",
+                    "minor_latency_p999_us",
+                ],
+                &self.minor_latency,
+            ),
+            (
+                [
+                    "zero_latency_p50_us",
+                    "zero_latency_p99_us",
+                    "zero_latency_p999_us",
+                ],
+                &self.zero_latency,
+            ),
+        ] {
+            v.push(m(names[0], help, Gauge, l.p50_us));
+            v.push(m(names[1], help, Gauge, l.p99_us));
+            v.push(m(names[2], help, Gauge, l.p999_us));
+        }
+        v
+    }
+
+    /// The snapshot as one JSON object, a key per [`Metric`].
+    pub fn to_json(&self) -> String {
+        let fields: Vec<String> = self
+            .metrics()
+            .iter()
+            .map(|m| {
+                let v = if m.value.is_finite() { m.value } else { 0.0 };
+                match m.kind {
+                    MetricKind::Counter => format!("\"{}\":{}", m.name, v as u64),
+                    MetricKind::Gauge if v.fract() == 0.0 => format!("\"{}\":{}", m.name, v as u64),
+                    MetricKind::Gauge => format!("\"{}\":{v}", m.name),
+                }
+            })
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// The snapshot in Prometheus's text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        for m in self.metrics() {
+            let (name, kind) = match m.kind {
+                MetricKind::Counter => (format!("farmem_{}_total", m.name), "counter"),
+                MetricKind::Gauge => (format!("farmem_{}", m.name), "gauge"),
+            };
+            let v = if m.value.is_finite() { m.value } else { 0.0 };
+            out.push_str(&format!(
+                "# HELP {name} {}\n# TYPE {name} {kind}\n{name} {v}\n",
+                m.help
+            ));
+        }
+        out
+    }
+}
+
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |pages: u64| pages as f64 * 4096.0 / (1 << 20) as f64;
@@ -372,6 +598,38 @@ impl std::fmt::Display for Stats {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_metric_is_in_the_json_and_the_prometheus_text_once() {
+        let st = Stats {
+            major_faults: 7,
+            resident_pages: 3,
+            major_latency: Latency {
+                p50_us: 12.5,
+                ..Latency::default()
+            },
+            ..Stats::default()
+        };
+        let json = st.to_json();
+        assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+        assert!(json.contains("\"major_faults\":7"), "{json}");
+        assert!(json.contains("\"major_latency_p50_us\":12.5"), "{json}");
+        let prom = st.to_prometheus();
+        assert!(
+            prom.contains(
+                "# TYPE farmem_major_faults_total counter\nfarmem_major_faults_total 7\n"
+            ),
+            "{prom}"
+        );
+        assert!(prom.contains("farmem_resident_pages 3\n"), "{prom}");
+        let mut names: Vec<&str> = st.metrics().iter().map(|m| m.name).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "a metric name appears twice");
+        assert_eq!(json.matches(':').count(), n);
+        assert_eq!(prom.lines().filter(|l| !l.starts_with('#')).count(), n);
+    }
 
     #[test]
     fn quantiles_of_a_known_distribution() {

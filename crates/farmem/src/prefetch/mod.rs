@@ -27,6 +27,15 @@ pub use readahead::Readahead;
 pub use request::{PrefetchHook, PrefetchRequest};
 pub(crate) use throttle::Throttle;
 
+/// A fresh prefetcher of a built-in kind.
+pub(crate) fn build(kind: crate::PrefetchKind) -> Box<dyn Prefetcher> {
+    match kind {
+        crate::PrefetchKind::None => Box::new(NoPrefetch),
+        crate::PrefetchKind::Readahead => Box::<Readahead>::default(),
+        crate::PrefetchKind::Majority => Box::<Majority>::default(),
+    }
+}
+
 /// The most pages one fault may ask to prefetch.
 pub const MAX_PREFETCH: usize = 64;
 

@@ -10,12 +10,12 @@
 
 use crate::backend::{PAGE_SIZE, PageKey};
 use crate::policy::CHUNK_PAGES;
-use crate::prefetch::{Majority, NoPrefetch, PrefetchHook, Prefetcher, Readahead, Throttle};
+use crate::prefetch::{PrefetchHook, Prefetcher, Throttle};
 use crate::state::page::{PageWord, State, zeroed_table};
 use crate::state::shared::Shared;
 use crate::sys::mem::{Mapping, Memfd};
 use crate::sys::uffd::{self, Uffd};
-use crate::{Advice, Error, FaultMode, PrefetchKind};
+use crate::{Advice, Error, FaultMode};
 use std::sync::atomic::{
     AtomicI32, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
 };
@@ -145,13 +145,7 @@ impl RegionState {
             uffd::REGISTER_MODE_MISSING | uffd::REGISTER_MODE_MINOR,
         )
         .map_err(|e| Error::os("register the region with userfaultfd", e))?;
-        let prefetcher: Box<dyn Prefetcher> =
-            match (&shared.config.custom_prefetcher, shared.config.prefetch) {
-                (Some(f), _) => f.make(),
-                (None, PrefetchKind::None) => Box::new(NoPrefetch),
-                (None, PrefetchKind::Readahead) => Box::<Readahead>::default(),
-                (None, PrefetchKind::Majority) => Box::<Majority>::default(),
-            };
+        let prefetcher = shared.new_prefetcher();
         debug_assert_eq!(map.ptr() as usize % crate::sys::mem::CHUNK_BYTES, 0);
         let state = shared.add_region(|id| RegionState {
             id,

@@ -4,8 +4,10 @@
 
 use crate::Error;
 use crate::FaultMode;
+use crate::PrefetchKind;
 use crate::backend::Backend;
 use crate::policy::{EvictionPolicy, PageRef};
+use crate::prefetch::Prefetcher;
 use crate::state::accessed::AccessedBits;
 use crate::state::budget::Frames;
 use crate::state::bufs::BufPool;
@@ -50,6 +52,9 @@ pub(crate) struct Shared {
     reclaimer_tid: AtomicI32,
     /// Whether the reclaimer runs at `RECLAIMER_URGENT`.
     reclaimer_urgent: AtomicBool,
+    /// The prefetcher chosen since the engine started (`Engine::set_prefetch`), which
+    /// replaces the configuration's for every region, now and later.
+    prefetch_now: Mutex<Option<PrefetchKind>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -84,7 +89,38 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             reclaimer_tid: AtomicI32::new(0),
             reclaimer_urgent: AtomicBool::new(false),
+            prefetch_now: Mutex::new(None),
         })
+    }
+
+    /// A prefetcher for a new region: the one chosen last, or the configuration's.
+    pub(crate) fn new_prefetcher(&self) -> Box<dyn Prefetcher> {
+        let now = *self.prefetch_now.lock().unwrap_or_else(|e| e.into_inner());
+        match (now, &self.config.custom_prefetcher) {
+            (Some(kind), _) => crate::prefetch::build(kind),
+            (None, Some(f)) => f.make(),
+            (None, None) => crate::prefetch::build(self.config.prefetch),
+        }
+    }
+
+    /// The name of the prefetcher regions use: a built-in kind, or "custom".
+    pub(crate) fn prefetch_name(&self) -> &'static str {
+        let now = *self.prefetch_now.lock().unwrap_or_else(|e| e.into_inner());
+        match (now, &self.config.custom_prefetcher) {
+            (Some(kind), _) => kind.name(),
+            (None, Some(_)) => "custom",
+            (None, None) => self.config.prefetch.name(),
+        }
+    }
+
+    /// Gives every region, now and later, a fresh prefetcher of `kind`.
+    pub(crate) fn set_prefetch(&self, kind: PrefetchKind) {
+        let mut now = self.prefetch_now.lock().unwrap_or_else(|e| e.into_inner());
+        *now = Some(kind);
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        for r in regions.iter().flatten() {
+            *r.prefetcher.lock().unwrap_or_else(|e| e.into_inner()) = crate::prefetch::build(kind);
+        }
     }
 
     /// Makes the calling thread the reclaimer, and runs it in the background.
