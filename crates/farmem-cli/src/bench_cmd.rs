@@ -80,9 +80,16 @@ pub struct BenchCmdArgs {
     /// farmem's far tier, passed to `farmem run --backend`.
     #[arg(long, value_name = "URI", default_value = "compressed:")]
     pub backend: String,
-    /// More options for `farmem run`, one per use (e.g. --run-arg=--fault-mode=thread).
+    /// More options for `farmem run` (for `farmem vm` with --vm), one per use (e.g.
+    /// --run-arg=--fault-mode=thread).
     #[arg(long = "run-arg", value_name = "OPTION", allow_hyphen_values = true)]
     pub run_args: Vec<String>,
+    /// PROGRAM is a virtual machine: the options of `farmem vm` (its --memory, --cpus,
+    /// --guest and the guest's arguments). farmem runs `farmem vm --local-mem BUDGET
+    /// --backend URI --stats PROGRAM`; linux-swap and all-local run `farmem vm --all-local
+    /// PROGRAM`, the guest's RAM plain memory of the VMM, in the memory cgroup or not.
+    #[arg(long)]
+    pub vm: bool,
     /// Systems to run, comma-separated, in this order within each run: farmem, linux-swap
     /// (root, cgroup v1 memory controller and /dev/zram0 needed), all-local. By default
     /// all three, leaving linux-swap out (with a warning) where the machine cannot do it;
@@ -410,7 +417,11 @@ pub fn run(a: BenchCmdArgs) -> Result<()> {
         .iter()
         .map(|r| regex("--reject", r))
         .collect::<Result<Vec<_>>>()?;
-    let program = resolve_program(&a.program[0])?;
+    let program = if a.vm {
+        farmem_exe(&a)?
+    } else {
+        resolve_program(&a.program[0])?
+    };
     let explicit = a.systems.is_some();
     let mut systems: Vec<System> = Vec::new();
     for s in a
@@ -427,7 +438,7 @@ pub fn run(a: BenchCmdArgs) -> Result<()> {
             "--local-frac takes fractions of all-local's maximum RSS: keep all-local in --systems"
         );
     }
-    if systems.contains(&System::Farmem) {
+    if systems.contains(&System::Farmem) && !a.vm {
         preflight_farmem(&a)?;
     }
     if systems.contains(&System::LinuxSwap)
@@ -622,13 +633,9 @@ fn resolve_program(name: &str) -> Result<PathBuf> {
 
 /// `<farmem> run --local-mem B --backend URI --stats [--run-arg...] --`
 fn farmem_wrapper(a: &BenchCmdArgs, local: u64) -> Result<Vec<String>> {
-    let exe = match &a.farmem {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("find the farmem executable")?,
-    };
     let mut w = vec![
-        exe.to_string_lossy().into_owned(),
-        "run".into(),
+        farmem_exe(a)?.to_string_lossy().into_owned(),
+        if a.vm { "vm" } else { "run" }.into(),
         "--local-mem".into(),
         local.to_string(),
         "--backend".into(),
@@ -636,8 +643,18 @@ fn farmem_wrapper(a: &BenchCmdArgs, local: u64) -> Result<Vec<String>> {
         "--stats".into(),
     ];
     w.extend(a.run_args.iter().cloned());
-    w.push("--".into());
+    if !a.vm {
+        w.push("--".into());
+    }
     Ok(w)
+}
+
+/// The farmem executable the farmem system runs (--farmem, or this one).
+fn farmem_exe(a: &BenchCmdArgs) -> Result<PathBuf> {
+    match &a.farmem {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().context("find the farmem executable"),
+    }
 }
 
 /// The farmem system needs `farmem run`: try it once on `true`, so that a missing preload
@@ -701,7 +718,25 @@ enum Launch<'b> {
 }
 
 impl Launch<'_> {
-    fn command(&self, program: &Path, args: &[String]) -> Command {
+    /// The command line of `program` with `args` as this launch runs it; with `vm`,
+    /// `args` are `farmem vm`'s options and `program` the farmem executable.
+    fn command(&self, program: &Path, args: &[String], vm: bool) -> Command {
+        if vm {
+            let mut c = match self {
+                Launch::Farmem(w) => {
+                    let mut c = Command::new(&w[0]);
+                    c.args(&w[1..]);
+                    c
+                }
+                Launch::Plain | Launch::Swap(_) => {
+                    let mut c = Command::new(program);
+                    c.args(["vm", "--all-local"]);
+                    c
+                }
+            };
+            c.args(args);
+            return c;
+        }
         let mut c = match self {
             Launch::Farmem(w) => {
                 let mut c = Command::new(&w[0]);
@@ -812,7 +847,12 @@ impl Plan<'_> {
 
     /// Runs the program (or the server and its client) as `launch` starts it.
     fn trial(&self, launch: &Launch, tick: &mut dyn FnMut()) -> Result<Trial> {
-        let cmd = launch.command(&self.program, &self.a.program[1..]);
+        let args = if self.a.vm {
+            &self.a.program[..]
+        } else {
+            &self.a.program[1..]
+        };
+        let cmd = launch.command(&self.program, args, self.a.vm);
         if !self.server_mode() {
             let main =
                 Running::start(cmd, |c| launch.spawn(c))?.wait(self.timeout(), POLL, tick)?;
@@ -829,7 +869,7 @@ impl Plan<'_> {
     /// Server mode: the server, its readiness, the client, then the server's stop.
     fn serve(&self, cmd: Command, launch: &Launch, tick: &mut dyn FnMut()) -> Result<Trial> {
         let a = self.a;
-        let name = program_name(&a.program[0]);
+        let name = program_name(a);
         if let Some(port) = a.port
             && accepts(port)
         {
@@ -977,7 +1017,7 @@ impl Plan<'_> {
                 base.set_extra("client_sys_s", c.sys_s);
             }
         }
-        let name = program_name(&a.program[0]);
+        let name = program_name(a);
         let mut tail_of = main;
         if let Some(p) = &trial.server_problem {
             if oom_kills > 0 {
@@ -1130,7 +1170,15 @@ fn vmstat() -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn program_name(p: &str) -> &str {
+/// The program's name, for messages.
+fn program_name(a: &BenchCmdArgs) -> &str {
+    if a.vm {
+        return "farmem vm";
+    }
+    base_name(&a.program[0])
+}
+
+fn base_name(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
 
@@ -1175,6 +1223,7 @@ mod tests {
             local_frac: None,
             backend: "mem:".into(),
             run_args: Vec::new(),
+            vm: false,
             systems: None,
             runs: 1,
             metric: metrics.iter().map(|s| s.to_string()).collect(),
@@ -1346,7 +1395,7 @@ mod tests {
     fn helpers() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("", 2), "");
-        assert_eq!(program_name("/usr/bin/redis-server"), "redis-server");
+        assert_eq!(base_name("/usr/bin/redis-server"), "redis-server");
         assert_eq!(
             describe_status(Some(ExitStatus::from_raw(3 << 8))),
             "exited with status 3"

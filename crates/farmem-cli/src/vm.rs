@@ -32,6 +32,12 @@ pub struct VmArgs {
     /// budget SIZE | stats [--json|--prometheus] | prefetch NAME`.
     #[arg(long, value_name = "PATH")]
     pub control: Option<std::path::PathBuf>,
+    /// Leave the vCPUs and their fault handler threads wherever the scheduler puts them.
+    /// By default vCPU i and handler thread i share one CPU, the i-th of those this
+    /// process may use (give each VM its own CPUs with `taskset -c LIST farmem vm ...`):
+    /// a fault then wakes its handler without a cross-CPU interrupt.
+    #[arg(long)]
+    pub no_pin: bool,
     /// Stop the guest, and fail with its last console output, if it has not finished
     /// after SECS seconds.
     #[arg(long, value_name = "SECS")]
@@ -95,10 +101,16 @@ pub fn vm(a: VmArgs) -> Result<i32> {
         }
         t => t.map(std::time::Duration::from_secs_f64),
     };
+    let pin_cpus = if a.no_pin {
+        Vec::new()
+    } else {
+        farmem_vm::vcpu_cpus(a.cpus)?
+    };
     let machine = farmem_vm::Machine {
         memory: a.memory,
         cpus: a.cpus,
         timeout,
+        pin_cpus,
     };
     farmem_vm::check(&machine, &spec)?;
     if let Some(p) = &a.control {
@@ -126,6 +138,7 @@ pub fn vm(a: VmArgs) -> Result<i32> {
                 .prefetch(a.prefetch)
                 .fault_mode(FaultMode::Thread)
                 .handler_threads(a.cpus as usize)
+                .handler_cpus(machine.pin_cpus.clone())
                 .build()?,
         );
         let _control = match &a.control {
@@ -154,6 +167,11 @@ pub fn vm(a: VmArgs) -> Result<i32> {
             opts::human(a.memory)
         );
         if let Some(e) = &engine {
+            eprintln!(
+                "farmem: stats at exit ({} fault mode, {} tier)",
+                e.fault_mode(),
+                e.backend_name()
+            );
             for line in e.stats().to_string().lines() {
                 eprintln!("farmem:   {line}");
             }

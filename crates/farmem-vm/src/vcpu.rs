@@ -7,7 +7,7 @@
 //! sees `stop`. A signal sent just before the thread enters KVM_RUN would be lost, so
 //! the kick repeats until the thread has returned.
 
-use crate::VmError;
+use crate::{Machine, VmError};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -77,10 +77,10 @@ enum End {
 /// non-zero exit code, stops the others; so does `timeout`.
 pub(crate) fn run_all(
     vcpus: Vec<VcpuFd>,
-    memory: u64,
-    timeout: Option<Duration>,
+    machine: &Machine,
     console: &mut (dyn Write + Send),
 ) -> Result<u8, VmError> {
+    let (memory, timeout) = (machine.memory, machine.timeout);
     install_kick_handler();
     let n = vcpus.len();
     let shared = Shared {
@@ -98,9 +98,14 @@ pub(crate) fn run_all(
         for (i, mut vcpu) in vcpus.into_iter().enumerate() {
             let tx = tx.clone();
             let shared = &shared;
+            let pins = &machine.pin_cpus;
             std::thread::Builder::new()
                 .name(format!("farmem-vcpu-{i}"))
                 .spawn_scoped(s, move || {
+                    if !pins.is_empty() {
+                        // Best effort: a CPU the process may not use leaves it unpinned.
+                        let _ = farmem::sys::sched::pin_current_thread(pins[i % pins.len()]);
+                    }
                     // SAFETY: pthread_self has no preconditions.
                     shared.threads[i].store(unsafe { libc::pthread_self() } as u64, SeqCst);
                     let end = vcpu_loop(&mut vcpu, i, shared);

@@ -38,6 +38,7 @@ fn run_far(
         .prefetch(prefetch)
         .fault_mode(FaultMode::Thread)
         .handler_threads(machine.cpus as usize)
+        .handler_cpus(machine.pin_cpus.clone())
         .build()
         .unwrap();
     let mut console = Vec::new();
@@ -50,7 +51,7 @@ fn run_far(
 }
 
 #[test]
-fn every_guest_verifies_its_memory_with_a_quarter_of_it_local() {
+fn every_guest_verifies_its_memory_with_a_tenth_of_it_local() {
     if !kvm_here() {
         return;
     }
@@ -71,12 +72,12 @@ fn every_guest_verifies_its_memory_with_a_quarter_of_it_local() {
             ops,
             seed: 7,
         };
-        // The guest's RAM: its 4 MiB of code and tables plus the workload, a quarter local.
+        // The guest's RAM: its 4 MiB of code and tables plus the workload, a tenth local.
         let memory = (4 << 20) + size;
         let (code, console, st) = run_far(
             spec,
             Machine::new(memory),
-            (memory / 4) as usize,
+            (memory / 10) as usize,
             PrefetchKind::Readahead,
         );
         assert_eq!(code, 0, "{workload:?}: the guest said:\n{console}");
@@ -127,6 +128,7 @@ fn bad_sizes_and_modes_are_refused_before_the_guest_starts() {
         memory,
         cpus,
         timeout: None,
+        pin_cpus: Vec::new(),
     };
     assert!(
         msg(farmem_vm::run(
@@ -175,8 +177,10 @@ fn two_vcpus_share_pages_while_the_reclaimer_evicts_them() {
         memory: 8 << 20,
         cpus: 2,
         timeout: Some(Duration::from_secs(120)),
+        // Each vCPU and its handler thread on one CPU, as `farmem vm` runs them.
+        pin_cpus: farmem_vm::vcpu_cpus(2).unwrap(),
     };
-    let (code, console, st) = run_far(spec, machine, 128 << 10, PrefetchKind::None);
+    let (code, console, st) = run_far(spec, machine.clone(), 128 << 10, PrefetchKind::None);
     assert_eq!(code, 0, "the guest said:\n{console}");
     assert!(
         console.contains("60000 updates over 262144 words verified"),
@@ -196,6 +200,7 @@ fn two_vcpus_share_pages_while_the_reclaimer_evicts_them() {
             memory: 12 << 20,
             cpus: 2,
             timeout: Some(Duration::from_secs(120)),
+            pin_cpus: Vec::new(),
         };
         let (code, console, _) = run_far(spec, machine, 3 << 20, PrefetchKind::Readahead);
         assert_eq!(code, 0, "{workload:?}: the guest said:\n{console}");
@@ -218,6 +223,7 @@ fn a_crashed_or_hung_guest_is_reported_with_its_last_words() {
         memory: 8 << 20,
         cpus: 2,
         timeout: Some(Duration::from_millis(500)),
+        pin_cpus: Vec::new(),
     };
     let mut console = Vec::new();
     let e = engine(2 << 20, PrefetchKind::None);

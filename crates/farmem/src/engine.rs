@@ -88,6 +88,14 @@ impl Builder {
         self
     }
 
+    /// Pins handler thread `i` of each region to `cpus[i % cpus.len()]` (thread fault
+    /// mode). A fault's wake-up of a handler on the faulting thread's own CPU costs no
+    /// cross-CPU interrupt: `farmem vm` puts each vCPU and its handler on one CPU.
+    pub fn handler_cpus(mut self, cpus: Vec<usize>) -> Builder {
+        self.config.handler_cpus = cpus;
+        self
+    }
+
     /// Whether to read the hardware's accessed bits to learn which pages are in use
     /// (default: yes). See [`Config::accessed_bits`].
     pub fn accessed_bits(mut self, on: bool) -> Builder {
@@ -130,6 +138,7 @@ impl Engine {
                 prefetch: PrefetchKind::default(),
                 fault_mode: FaultMode::Auto,
                 handler_threads: 1,
+                handler_cpus: Vec::new(),
                 reclaim_batch: 64,
                 accessed_bits: true,
                 custom_policy: None,

@@ -20,9 +20,17 @@ pub(crate) fn spawn_handler(
     i: usize,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let r = r.clone();
+    let cpus = &r.shared.config.handler_cpus;
+    let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
     std::thread::Builder::new()
         .name(format!("farmem-uffd-{}-{i}", r.id))
-        .spawn(move || crate::fault::handler_loop(&r, stop))
+        .spawn(move || {
+            if let Some(c) = cpu {
+                // Best effort: a CPU outside the process's set leaves the thread unpinned.
+                let _ = crate::sys::sched::pin_current_thread(c);
+            }
+            crate::fault::handler_loop(&r, stop)
+        })
 }
 
 /// A far region: `len` bytes of ordinary memory, of which only what the engine's budget

@@ -39,7 +39,8 @@ pub(super) fn header(plan: &Plan) -> String {
         (None, Some(m)) => format!("{} local", opts::human(m)),
         (None, None) => "no budget".into(),
     };
-    let mut h = format!("bench-cmd: `{}`", shell_join(&a.program));
+    let vm = if a.vm { "farmem vm " } else { "" };
+    let mut h = format!("bench-cmd: `{vm}{}`", shell_join(&a.program));
     if let Some(c) = &a.client {
         h += &format!(" serving `{c}`");
         if let Some(p) = a.port {

@@ -21,6 +21,9 @@ pub struct Config {
     pub fault_mode: FaultMode,
     /// Handler threads per region in [`FaultMode::Thread`].
     pub handler_threads: usize,
+    /// CPUs the handler threads run on: handler `i` of each region on
+    /// `handler_cpus[i % len]`; empty, wherever the scheduler puts them.
+    pub handler_cpus: Vec<usize>,
     /// Pages evicted per batch by the reclaimer.
     pub reclaim_batch: usize,
     /// Learn which resident pages are in use from the hardware's accessed bits, counted
