@@ -128,6 +128,8 @@ static int sort(const struct params *p, struct cpu *c) {
 static uint64_t mix(uint64_t i, uint64_t v) { return (i * 0x9e3779b97f4a7c15ULL) ^ (v << 48) ^ 0x5bd1e995; }
 static uint64_t version(uint64_t i, uint64_t w) { return (w ^ (i * 0x9e3779b97f4a7c15ULL) ^ 0x5bd1e995) >> 48; }
 
+#define PROGRESS 16384 /* vCPU 0 reports every this many of its updates */
+
 static int random_(const struct params *p, struct cpu *c) {
     uint64_t *a = (uint64_t *)HEAP_START, n = p->size / 8, lo, hi;
     share(c, n, &lo, &hi);
@@ -142,6 +144,10 @@ static int random_(const struct params *p, struct cpu *c) {
             if (__atomic_compare_exchange_n(&a[i], &w, mix(i, (v + 1) & 0xffff), 0,
                                             __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
                 break;
+        }
+        /* Progress, for measuring throughput over time (scripts/vm-recover.py). */
+        if (c->id == 0 && (k - lo + 1) % PROGRESS == 0 && k + 1 < hi) {
+            puts_("random: "); putu((k - lo + 1) * c->n); puts_(" updates\n");
         }
     }
     barrier(c);
