@@ -38,6 +38,12 @@ pub struct VmArgs {
     /// a fault then wakes its handler without a cross-CPU interrupt.
     #[arg(long)]
     pub no_pin: bool,
+    /// Fault handler threads spin on the userfaultfd instead of sleeping (each takes a
+    /// whole CPU, the one after its vCPU's): a vCPU's fault needs no wake-up of its
+    /// handler. Measured slower than the default on this project's 2-CPU machine
+    /// (BENCHMARKS.md); for hosts with CPUs to spare.
+    #[arg(long)]
+    pub busy_poll: bool,
     /// Stop the guest, and fail with its last console output, if it has not finished
     /// after SECS seconds.
     #[arg(long, value_name = "SECS")]
@@ -138,7 +144,12 @@ pub fn vm(a: VmArgs) -> Result<i32> {
                 .prefetch(a.prefetch)
                 .fault_mode(FaultMode::Thread)
                 .handler_threads(a.cpus as usize)
-                .handler_cpus(machine.pin_cpus.clone())
+                .handler_cpus(if a.busy_poll && !a.no_pin {
+                    farmem_vm::poller_cpus(a.cpus)?
+                } else {
+                    machine.pin_cpus.clone()
+                })
+                .handler_busy_poll(a.busy_poll)
                 .build()?,
         );
         let _control = match &a.control {

@@ -130,6 +130,18 @@ pub fn vcpu_cpus(cpus: u32) -> Result<Vec<usize>, VmError> {
         .collect())
 }
 
+/// The CPUs for `cpus` busy-polling handler threads: the ones after the vCPUs' (see
+/// [`vcpu_cpus`]), so that a spinning handler does not take its vCPU's CPU.
+pub fn poller_cpus(cpus: u32) -> Result<Vec<usize>, VmError> {
+    let allowed = farmem::sys::sched::allowed_cpus()
+        .map_err(|e| VmError::Config(format!("cannot read this process's CPUs: {e}")))?;
+    if allowed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = cpus as usize;
+    Ok((0..n).map(|i| allowed[(n + i) % allowed.len()]).collect())
+}
+
 impl Machine {
     /// One vCPU, no time limit.
     pub fn new(memory: u64) -> Machine {

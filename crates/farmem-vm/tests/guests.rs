@@ -323,3 +323,34 @@ fn a_failing_far_tier_stops_the_vm_loudly() {
         );
     }
 }
+
+#[test]
+fn busy_polling_handlers_serve_the_guest_too() {
+    if !kvm_here() {
+        return;
+    }
+    let e = Engine::builder()
+        .local_budget(1 << 20)
+        .prefetch(PrefetchKind::None)
+        .fault_mode(FaultMode::Thread)
+        .handler_busy_poll(true)
+        .handler_cpus(farmem_vm::poller_cpus(1).unwrap())
+        .build()
+        .unwrap();
+    let spec = GuestSpec {
+        workload: Workload::Random,
+        size: 4 << 20,
+        ops: 20_000,
+        seed: 4,
+    };
+    let mut console = Vec::new();
+    let out = farmem_vm::run(&e, &Machine::new(8 << 20), &spec, &mut console).unwrap();
+    let text = String::from_utf8_lossy(&console);
+    assert_eq!(out.exit_code, 0, "{text}");
+    assert!(
+        text.contains("20000 updates over 524288 words verified"),
+        "{text}"
+    );
+    assert!(e.stats().major_faults > 1_000, "{}", e.stats());
+    // Dropping the region stops its spinning handler (the test would hang otherwise).
+}

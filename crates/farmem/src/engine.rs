@@ -96,6 +96,15 @@ impl Builder {
         self
     }
 
+    /// Handler threads spin reading the userfaultfd instead of sleeping until a fault
+    /// arrives (thread fault mode): a fault then needs no wake-up of its handler, and
+    /// each handler thread takes a whole CPU. Pin them away from the faulting threads
+    /// (`handler_cpus`).
+    pub fn handler_busy_poll(mut self, on: bool) -> Builder {
+        self.config.handler_busy_poll = on;
+        self
+    }
+
     /// Whether to read the hardware's accessed bits to learn which pages are in use
     /// (default: yes). See [`Config::accessed_bits`].
     pub fn accessed_bits(mut self, on: bool) -> Builder {
@@ -139,6 +148,7 @@ impl Engine {
                 fault_mode: FaultMode::Auto,
                 handler_threads: 1,
                 handler_cpus: Vec::new(),
+                handler_busy_poll: false,
                 reclaim_batch: 64,
                 accessed_bits: true,
                 custom_policy: None,

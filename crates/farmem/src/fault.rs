@@ -38,6 +38,9 @@ pub(crate) fn on_sigbus(addr: usize, write: bool) -> bool {
 /// A handler thread: reads fault messages until `stop` becomes readable.
 pub(crate) fn handler_loop(r: &RegionState, stop: i32) {
     let mut msgs = [UffdMsg::default(); 64];
+    if r.shared.config.handler_busy_poll {
+        return busy_loop(r, stop, &mut msgs);
+    }
     let mut ready = [false; 2];
     loop {
         if let Err(e) = crate::sys::event::wait_readable(&[r.uffd.raw(), stop], &mut ready) {
@@ -53,6 +56,36 @@ pub(crate) fn handler_loop(r: &RegionState, stop: i32) {
             Ok(n) => n,
             Err(e) => crate::fatal::die_io("reading the userfaultfd failed", &e),
         };
+        for m in &msgs[..n] {
+            if m.event == uffd::EVENT_PAGEFAULT {
+                resolve(
+                    r,
+                    m.address as usize,
+                    m.flags & uffd::PAGEFAULT_FLAG_WRITE != 0,
+                    true,
+                );
+            }
+        }
+    }
+}
+
+/// A handler thread that never sleeps: reads the (non-blocking) userfaultfd in a loop,
+/// and looks at `stop` every few thousand empty reads.
+fn busy_loop(r: &RegionState, stop: i32, msgs: &mut [UffdMsg]) {
+    let mut empty = 0u32;
+    loop {
+        let n = match r.uffd.read_msgs(msgs) {
+            Ok(n) => n,
+            Err(e) => crate::fatal::die_io("reading the userfaultfd failed", &e),
+        };
+        if n == 0 {
+            empty += 1;
+            if empty.is_multiple_of(4096) && crate::sys::event::wait_readable_for(stop, 0) {
+                return;
+            }
+            std::hint::spin_loop();
+            continue;
+        }
         for m in &msgs[..n] {
             if m.event == uffd::EVENT_PAGEFAULT {
                 resolve(

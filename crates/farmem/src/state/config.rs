@@ -24,6 +24,9 @@ pub struct Config {
     /// CPUs the handler threads run on: handler `i` of each region on
     /// `handler_cpus[i % len]`; empty, wherever the scheduler puts them.
     pub handler_cpus: Vec<usize>,
+    /// Handler threads spin on the userfaultfd instead of sleeping in poll: no wake-up
+    /// on a fault, at the price of a whole CPU per handler thread.
+    pub handler_busy_poll: bool,
     /// Pages evicted per batch by the reclaimer.
     pub reclaim_batch: usize,
     /// Learn which resident pages are in use from the hardware's accessed bits, counted
