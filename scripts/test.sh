@@ -24,8 +24,12 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v memcached >/dev/null || need+=(memcached)
 command -v memccapable >/dev/null || need+=(libmemcached-tools)
+# farmem vm's Linux boot test (crates/farmem-cli/tests/cli.rs) boots Debian's cloud kernel
+# with an initramfs built from busybox-static (scripts/vm-initramfs.sh).
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-cloud-amd64)
+[ -x /bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
-    echo "scripts/test.sh: installing ${need[*]} for the Redis and memcached tests" >&2
+    echo "scripts/test.sh: installing ${need[*]} for the Redis, memcached and VM tests" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" ||
         { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"; } ||
         echo "scripts/test.sh: warning: could not install ${need[*]}; the tests that need them will say they were skipped" >&2

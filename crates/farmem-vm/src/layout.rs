@@ -4,7 +4,7 @@
 //! ```text
 //!  0x1000   GDT (null, 64-bit code, data; privilege 3)
 //!  0x2000   PML4            0x3000  PDPT          0x10000..0x20000  page directories
-//!  0x9000   struct params (magic, workload, size, seed, ops, mem_end, cpus)
+//!  0x9000   struct params (magic, workload, size, seed, ops, mem_end, cpus, tsc_khz)
 //!  0x20000..0x80000  the vCPUs' stacks, 48 KiB each, vCPU 0's at the top
 //!  1 MiB    the guest's code      4 MiB..  the workload's memory
 //! ```
@@ -49,6 +49,7 @@ pub(crate) fn lay_out(
     ram: &dyn Ram,
     memory: u64,
     cpus: u32,
+    tsc_khz: u64,
     spec: &GuestSpec,
 ) -> Result<(), VmError> {
     debug_assert!(cpus <= MAX_CPUS && memory <= MAX_MEMORY);
@@ -73,6 +74,7 @@ pub(crate) fn lay_out(
         spec.ops,
         memory,
         cpus as u64,
+        tsc_khz,
     ];
     put(PARAMS_ADDR, &words(&params))?;
     put(LOAD_ADDR, GUEST_IMAGE)?;

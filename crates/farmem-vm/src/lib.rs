@@ -13,9 +13,11 @@
 //! its memory, `vcpu.rs` runs its vCPUs.
 
 mod layout;
+mod linux;
 mod vcpu;
 
 pub use layout::{GUEST_IMAGE, HEAP_START, MAX_CPUS, MAX_MEMORY};
+pub use linux::{DEFAULT_CMDLINE, Kernel};
 
 use farmem::sys::mem::Mapping;
 use farmem::{Engine, FaultMode, Region};
@@ -42,11 +44,15 @@ pub enum Workload {
     Crash,
     /// Loops forever (shows `--timeout`).
     Hang,
+    /// Writes every page of `size`, then times `ops` reads of random pages with the TSC:
+    /// the cost of a vCPU's access (a fault, where the page is not local) as the guest
+    /// sees it; prints the 50th, 90th and 99th percentiles.
+    Latency,
 }
 
 impl Workload {
     /// Every workload, with a line on what it does (for `--guest list`).
-    pub const ALL: [(&'static str, Workload, &'static str); 5] = [
+    pub const ALL: [(&'static str, Workload, &'static str); 6] = [
         (
             "sort",
             Workload::Sort,
@@ -61,6 +67,11 @@ impl Workload {
             "kv",
             Workload::Kv,
             "a hash table of 64 B-4 KiB values filling SIZE, OPS random gets, every byte checked",
+        ),
+        (
+            "latency",
+            Workload::Latency,
+            "writes every page of SIZE, then times OPS reads of random pages: p50/p90/p99 of an access (vCPU 0)",
         ),
         (
             "crash",
@@ -86,6 +97,7 @@ impl Workload {
             Workload::Kv => 3,
             Workload::Crash => 4,
             Workload::Hang => 5,
+            Workload::Latency => 6,
         }
     }
 }
@@ -205,6 +217,20 @@ pub fn check_kvm() -> Result<(), VmError> {
 
 /// Checks that `machine` can run `spec`.
 pub fn check(machine: &Machine, spec: &GuestSpec) -> Result<(), VmError> {
+    check_machine(machine)?;
+    let memory = machine.memory;
+    if spec.size < 4096 || HEAP_START + spec.size > memory {
+        return Err(VmError::Config(format!(
+            "the workload's size must be from 4 KiB to --memory minus 4 MiB ({} bytes here; got {})",
+            memory - HEAP_START,
+            spec.size
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the machine's RAM and vCPUs.
+pub fn check_machine(machine: &Machine) -> Result<(), VmError> {
     let memory = machine.memory;
     if !memory.is_multiple_of(2 << 20) || !((8 << 20)..=MAX_MEMORY).contains(&memory) {
         return Err(VmError::Config(format!(
@@ -216,13 +242,6 @@ pub fn check(machine: &Machine, spec: &GuestSpec) -> Result<(), VmError> {
         return Err(VmError::Config(format!(
             "--cpus must be from 1 to {MAX_CPUS} (got {})",
             machine.cpus
-        )));
-    }
-    if spec.size < 4096 || HEAP_START + spec.size > memory {
-        return Err(VmError::Config(format!(
-            "the workload's size must be from 4 KiB to --memory minus 4 MiB ({} bytes here; got {})",
-            memory - HEAP_START,
-            spec.size
         )));
     }
     Ok(())
@@ -244,6 +263,44 @@ pub fn run(
     console: &mut (dyn Write + Send),
 ) -> Result<Outcome, VmError> {
     check(machine, spec)?;
+    run_far(engine, machine, Boot::Minimal(spec), console)
+}
+
+/// Boots `kernel` in `machine`, whose RAM is a new region of `engine` (one vCPU); the
+/// serial console goes to `console`. The guest's exit code is what it writes to port
+/// 0xf4 (`init` can do so as root), and a reset without one is an error.
+pub fn run_kernel(
+    engine: &Engine,
+    machine: &Machine,
+    kernel: &Kernel,
+    console: &mut (dyn Write + Send),
+) -> Result<Outcome, VmError> {
+    check_machine(machine)?;
+    if machine.cpus != 1 {
+        return Err(VmError::Config(
+            "--kernel boots one vCPU (there is no ACPI or MP table for more); leave out --cpus"
+                .into(),
+        ));
+    }
+    run_far(engine, machine, Boot::Linux(kernel), console)
+}
+
+/// Boots `kernel` as `run_kernel` does, with plain local RAM: the baseline.
+pub fn run_kernel_all_local(
+    machine: &Machine,
+    kernel: &Kernel,
+    console: &mut (dyn Write + Send),
+) -> Result<Outcome, VmError> {
+    check_machine(machine)?;
+    run_local(machine, Boot::Linux(kernel), console)
+}
+
+fn run_far(
+    engine: &Engine,
+    machine: &Machine,
+    boot: Boot<'_>,
+    console: &mut (dyn Write + Send),
+) -> Result<Outcome, VmError> {
     if engine.fault_mode() != FaultMode::Thread {
         return Err(VmError::Config(
             "guest RAM needs the engine in thread fault mode (KVM faults on it in the kernel)"
@@ -252,9 +309,46 @@ pub fn run(
     }
     let kvm = open_kvm()?;
     let ram = engine.map(machine.memory as usize)?;
-    let out = run_on(kvm, &ram, ram.as_ptr(), machine, spec, console);
+    let out = run_on(
+        kvm,
+        &ram,
+        ram.as_ptr(),
+        libc::MAP_SHARED,
+        machine,
+        boot,
+        console,
+    );
     drop(ram);
     out
+}
+
+fn run_local(
+    machine: &Machine,
+    boot: Boot<'_>,
+    console: &mut (dyn Write + Send),
+) -> Result<Outcome, VmError> {
+    let kvm = open_kvm()?;
+    let memory = machine.memory;
+    let ram = Mapping::anon(memory as usize)
+        .map_err(|e| VmError::Config(format!("could not map {memory} bytes of guest RAM: {e}")))?;
+    run_on(
+        kvm,
+        &ram,
+        ram.ptr(),
+        libc::MAP_PRIVATE,
+        machine,
+        boot,
+        console,
+    )
+}
+
+/// What the VM starts.
+#[derive(Clone, Copy)]
+enum Boot<'a> {
+    /// The project's minimal guest.
+    Minimal(&'a GuestSpec),
+    /// A Linux kernel.
+    Linux(&'a Kernel),
 }
 
 /// Runs `spec` as `run` does, with the guest's RAM plain anonymous memory of this
@@ -265,11 +359,7 @@ pub fn run_all_local(
     console: &mut (dyn Write + Send),
 ) -> Result<Outcome, VmError> {
     check(machine, spec)?;
-    let kvm = open_kvm()?;
-    let memory = machine.memory;
-    let ram = Mapping::anon(memory as usize)
-        .map_err(|e| VmError::Config(format!("could not map {memory} bytes of guest RAM: {e}")))?;
-    run_on(kvm, &ram, ram.ptr(), machine, spec, console)
+    run_local(machine, Boot::Minimal(spec), console)
 }
 
 impl Ram for Region {
@@ -294,18 +384,27 @@ impl Ram for Mapping {
     }
 }
 
-/// Sets up and runs the VM on guest RAM at `host` (`machine.memory` bytes, owned by
-/// `ram`, which outlives the VM).
+/// Sets up and runs the VM on guest RAM at `host` (`machine.memory` bytes mapped with
+/// `mmap_flags`, owned by `ram`, which outlives the VM).
 fn run_on(
     kvm: Kvm,
     ram: &dyn Ram,
     host: *mut u8,
+    mmap_flags: i32,
     machine: &Machine,
-    spec: &GuestSpec,
+    boot: Boot<'_>,
     console: &mut (dyn Write + Send),
 ) -> Result<Outcome, VmError> {
     let vm = kvm.create_vm().map_err(kvm_err("to create a VM"))?;
-    layout::lay_out(ram, machine.memory, machine.cpus, spec)?;
+    let (entry, board) = match boot {
+        Boot::Minimal(_) => (0, vcpu::Board::Minimal),
+        Boot::Linux(kernel) => {
+            let entry = linux::load(host, machine.memory, mmap_flags, kernel)?;
+            let irq = linux::set_up_board(&vm)?;
+            let uart = linux::Uart::new(linux::IrqLine(irq), Vec::new());
+            (entry, vcpu::Board::Pc(std::sync::Mutex::new(uart)))
+        }
+    };
     let slot = kvm_userspace_memory_region {
         slot: 0,
         guest_phys_addr: 0,
@@ -326,15 +425,25 @@ fn run_on(
             .map_err(kvm_err("to create a vCPU"))?;
         vcpu.set_cpuid2(&cpuid)
             .map_err(kvm_err("the vCPU's CPUID"))?;
-        let mut sregs = vcpu.get_sregs().map_err(kvm_err("to read sregs"))?;
-        layout::long_mode(&mut sregs);
-        vcpu.set_sregs(&sregs).map_err(kvm_err("long mode"))?;
-        let mut regs = vcpu.get_regs().map_err(kvm_err("to read registers"))?;
-        layout::entry_regs(&mut regs, i);
-        vcpu.set_regs(&regs)
-            .map_err(kvm_err("the entry registers"))?;
+        match boot {
+            Boot::Minimal(_) => {
+                let mut sregs = vcpu.get_sregs().map_err(kvm_err("to read sregs"))?;
+                layout::long_mode(&mut sregs);
+                vcpu.set_sregs(&sregs).map_err(kvm_err("long mode"))?;
+                let mut regs = vcpu.get_regs().map_err(kvm_err("to read registers"))?;
+                layout::entry_regs(&mut regs, i);
+                vcpu.set_regs(&regs)
+                    .map_err(kvm_err("the entry registers"))?;
+            }
+            Boot::Linux(_) => linux::set_up_vcpu(&vcpu, entry)?,
+        }
         vcpus.push(vcpu);
     }
-    let exit_code = vcpu::run_all(vcpus, machine, console)?;
+    if let Boot::Minimal(spec) = boot {
+        // The TSC's rate, for the guest's latencies (0 if KVM cannot say).
+        let tsc_khz = vcpus[0].get_tsc_khz().unwrap_or(0) as u64;
+        layout::lay_out(ram, machine.memory, machine.cpus, tsc_khz, spec)?;
+    }
+    let exit_code = vcpu::run_all(vcpus, machine, &board, console)?;
     Ok(Outcome { exit_code })
 }

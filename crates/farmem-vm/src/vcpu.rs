@@ -55,6 +55,17 @@ impl Console<'_> {
     }
 }
 
+/// The devices behind the vCPUs' port I/O.
+pub(crate) enum Board {
+    /// The minimal guest's ports: console 0x3f8 (write only), exit code 0xf4, yield 0xf5;
+    /// any other port is the guest's error.
+    Minimal,
+    /// A PC for Linux: a 16550 UART at 0x3f8-0x3ff (KVM's in-kernel PIC, IOAPIC and PIT
+    /// do the rest), the exit code port 0xf4, the keyboard controller's reset; other ports
+    /// read as all ones and ignore writes, as on a PC with nothing there.
+    Pc(Mutex<crate::linux::Uart>),
+}
+
 /// What the vCPU threads share.
 struct Shared<'a> {
     console: Console<'a>,
@@ -62,6 +73,7 @@ struct Shared<'a> {
     /// Each vCPU thread's pthread id (0 until it runs), for kicks.
     threads: Vec<AtomicU64>,
     memory: u64,
+    board: &'a Board,
 }
 
 /// How one vCPU ended.
@@ -78,6 +90,7 @@ enum End {
 pub(crate) fn run_all(
     vcpus: Vec<VcpuFd>,
     machine: &Machine,
+    board: &Board,
     console: &mut (dyn Write + Send),
 ) -> Result<u8, VmError> {
     let (memory, timeout) = (machine.memory, machine.timeout);
@@ -90,6 +103,7 @@ pub(crate) fn run_all(
         stop: AtomicBool::new(false),
         threads: (0..n).map(|_| AtomicU64::new(0)).collect(),
         memory,
+        board,
     };
     let deadline = timeout.map(|t| Instant::now() + t);
     let (tx, rx) = mpsc::channel();
@@ -203,7 +217,50 @@ fn vcpu_loop(vcpu: &mut VcpuFd, index: usize, shared: &Shared<'_>) -> End {
             flush(&mut line);
             return End::Stopped;
         }
+        let pc = match shared.board {
+            Board::Pc(uart) => Some(uart),
+            Board::Minimal => None,
+        };
         let end = match vcpu.run() {
+            Ok(VcpuExit::IoOut(PORT_EXIT, data)) => End::Exit(data.first().copied().unwrap_or(0)),
+            Ok(VcpuExit::IoOut(port, data)) if pc.is_some() => {
+                let uart = pc.expect("checked");
+                if crate::linux::UART_PORTS.contains(&port) {
+                    let mut u = uart.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = u.write((port - 0x3f8) as u8, data.first().copied().unwrap_or(0));
+                    for b in u.writer_mut().drain(..) {
+                        line.push(b);
+                        if b == b'\n' || line.len() >= 1024 {
+                            flush(&mut line);
+                        }
+                    }
+                    continue;
+                }
+                if port == 0x64 && data.first() == Some(&0xfe) {
+                    End::Failed(format!(
+                        "(vCPU {index}) reset the machine without writing an exit code (a reboot, or a panic with panic=N)"
+                    ))
+                } else {
+                    continue;
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) if pc.is_some() => {
+                let uart = pc.expect("checked");
+                if crate::linux::UART_PORTS.contains(&port) && !data.is_empty() {
+                    data[0] = uart
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .read((port - 0x3f8) as u8);
+                } else {
+                    data.fill(0xff);
+                }
+                continue;
+            }
+            Ok(VcpuExit::MmioRead(_, data)) if pc.is_some() => {
+                data.fill(0xff);
+                continue;
+            }
+            Ok(VcpuExit::MmioWrite(..)) if pc.is_some() => continue,
             Ok(VcpuExit::IoOut(PORT_CONSOLE, data)) => {
                 line.extend_from_slice(data);
                 if line.ends_with(b"\n") || line.len() >= 1024 {
@@ -215,7 +272,6 @@ fn vcpu_loop(vcpu: &mut VcpuFd, index: usize, shared: &Shared<'_>) -> End {
                 std::thread::sleep(YIELD);
                 continue;
             }
-            Ok(VcpuExit::IoOut(PORT_EXIT, data)) => End::Exit(data.first().copied().unwrap_or(0)),
             Ok(VcpuExit::IoOut(port, _)) | Ok(VcpuExit::IoIn(port, _)) => End::Failed(format!(
                 "(vCPU {index}) used I/O port {port:#x}, which this VMM does not have"
             )),
@@ -231,6 +287,16 @@ fn vcpu_loop(vcpu: &mut VcpuFd, index: usize, shared: &Shared<'_>) -> End {
             Ok(VcpuExit::Shutdown) => End::Failed(format!(
                 "(vCPU {index}) shut down: a triple fault (an exception it could not handle; its code or page tables are broken)"
             )),
+            Ok(VcpuExit::InternalError) => {
+                let sub = internal_suberror(vcpu);
+                End::Failed(if sub == 1 {
+                    format!(
+                        "(vCPU {index}) stopped: KVM could not emulate an instruction it ran (KVM_EXIT_INTERNAL_ERROR, emulation failure). A nested hypervisor that emulates the guest's ring 0 (as this project's test machine's does) stops Linux guests this way"
+                    )
+                } else {
+                    format!("(vCPU {index}) stopped: KVM internal error, suberror {sub}")
+                })
+            }
             Ok(exit) => End::Failed(format!("(vCPU {index}) stopped with {exit:?}")),
             Err(e) if e.errno() == libc::EINTR => continue,
             Err(e) => End::Kvm(e),
@@ -238,6 +304,13 @@ fn vcpu_loop(vcpu: &mut VcpuFd, index: usize, shared: &Shared<'_>) -> End {
         flush(&mut line);
         return end;
     }
+}
+
+/// KVM's reason for a KVM_EXIT_INTERNAL_ERROR (1: emulation failure).
+fn internal_suberror(vcpu: &mut VcpuFd) -> u32 {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kvm_run union holds `internal`.
+    unsafe { run.__bindgen_anon_1.internal.suberror }
 }
 
 extern "C" fn on_kick(_: libc::c_int) {}

@@ -111,6 +111,20 @@ fn a_tiny_budget_and_no_prefetch_still_give_the_right_answer() {
     assert_eq!(code, 0, "{console}");
     assert!(st.major_faults > 1_000, "{st}");
     assert_eq!(st.prefetched_pages, 0);
+    // The latency probe reads back what it wrote, through the same faults.
+    let spec = GuestSpec {
+        workload: Workload::Latency,
+        size: 2 << 20,
+        ops: 2_000,
+        seed: 3,
+    };
+    let (code, console, st) = run_far(spec, Machine::new(8 << 20), 64 << 10, PrefetchKind::None);
+    assert_eq!(code, 0, "{console}");
+    assert!(
+        console.contains("latency: 2000 reads of random pages of 512: p50 "),
+        "{console}"
+    );
+    assert!(st.major_faults > 500, "{st}");
 }
 
 #[test]
