@@ -212,7 +212,7 @@ static int kv(const struct params *p, struct cpu *c) {
  * reports the 50th, 90th and 99th percentiles. With little of SIZE local, most reads are
  * a vCPU fault served by the VMM's fault handler (vCPU 0 only). */
 #define LAT_BUCKET 64   /* cycles per histogram bucket */
-#define LAT_BUCKETS 16384
+#define LAT_BUCKETS 65536
 static uint64_t hist[LAT_BUCKETS];
 
 static inline uint64_t tsc(void) {
