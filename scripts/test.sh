@@ -26,8 +26,10 @@ command -v memcached >/dev/null || need+=(memcached)
 command -v memccapable >/dev/null || need+=(libmemcached-tools)
 # farmem vm's Linux boot test (crates/farmem-cli/tests/cli.rs) boots Debian's cloud kernel
 # with an initramfs built from busybox-static (scripts/vm-initramfs.sh).
+# The QEMU test runs Debian's qemu-system-x86 (software emulation) under farmem run.
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-cloud-amd64)
 [ -x /bin/busybox ] || need+=(busybox-static)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 if [ ${#need[@]} -gt 0 ]; then
     echo "scripts/test.sh: installing ${need[*]} for the Redis, memcached and VM tests" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" ||

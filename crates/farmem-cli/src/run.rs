@@ -64,6 +64,14 @@ pub struct RunArgs {
     /// Without it, such a call on an evicted buffer fails with EFAULT.
     #[arg(long)]
     pub no_syscall_guard: bool,
+    /// Large anonymous PROT_NONE reservations become far memory too, and a read-write
+    /// anonymous MAP_FIXED mapping inside one is its pages zeroed: for programs that
+    /// reserve address space and map their memory into it, such as QEMU's guest RAM.
+    /// The reserved range is readable and writable from the start (guard pages in it do
+    /// not trap). KVM touches guest RAM from the kernel: with `-accel kvm`, also give
+    /// `--fault-mode thread`.
+    #[arg(long)]
+    pub take_reserved: bool,
     /// Serve live control on a Unix socket at PATH while the program runs: `farmem ctl
     /// PATH budget SIZE | stats [--json|--prometheus] | prefetch NAME`. The socket belongs
     /// to PROGRAM's own process (not to programs it starts) and goes away when it exits
@@ -201,6 +209,11 @@ pub fn run(a: RunArgs) -> Result<()> {
         "FARMEM_OBJECT_PREFETCH",
         if a.no_object_prefetch { "0" } else { "1" },
     );
+    if a.take_reserved {
+        cmd.env("FARMEM_TAKE_RESERVED", "1");
+    } else {
+        cmd.env_remove("FARMEM_TAKE_RESERVED");
+    }
     if a.no_syscall_guard {
         cmd.env("FARMEM_SYSCALL_GUARD", "0");
     }

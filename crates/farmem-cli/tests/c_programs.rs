@@ -111,7 +111,14 @@ fn compile_all() -> Option<PathBuf> {
 
     let src = repo_root().join("tests/c");
     // sysbench is a benchmark (BENCHMARKS.md); compiled here so that it keeps compiling.
-    for name in ["torture", "quicksort", "skewed", "rawsys", "sysbench"] {
+    for name in [
+        "torture",
+        "quicksort",
+        "skewed",
+        "rawsys",
+        "sysbench",
+        "reserve",
+    ] {
         gcc(
             &dir,
             name,
@@ -449,6 +456,48 @@ fn api_under_farmem() {
 #[test]
 fn objects_plain() {
     run_program("objects", OBJECTS_ARGS, false);
+}
+
+#[test]
+fn reserve_plain() {
+    run_program("reserve", &["--size", "16M"], false);
+}
+
+/// Memory mapped as QEMU maps guest RAM (a PROT_NONE reservation, then MAP_FIXED inside
+/// it): with --take-reserved it is far memory and pages under a small budget; without, it
+/// stays plain memory. Either way the program's data is right.
+#[test]
+fn reserve_under_farmem_take_reserved_pages_reserved_memory() {
+    let Some(dir) = programs() else { return };
+    for (take, paged) in [(true, true), (false, false)] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_farmem"));
+        cmd.args(["run", "--local-mem", "8M", "--backend", "mem:", "--stats"]);
+        if take {
+            cmd.arg("--take-reserved");
+        }
+        cmd.arg("--")
+            .arg(dir.join("reserve"))
+            .args(["--size", "32M"]);
+        let out = run(cmd, "farmem run -- reserve");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("reserve: ok"),
+            "take {take}: {}",
+            describe(&out)
+        );
+        let evicted: u64 = stderr
+            .split("evicted ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no stats: {stderr}"));
+        assert_eq!(
+            evicted > 4000,
+            paged,
+            "take {take}: evicted {evicted}\n{stderr}"
+        );
+    }
 }
 
 #[test]

@@ -19,6 +19,8 @@
 //! | FARMEM_ACCESSED_BITS | `0`: learn the hot set only by unmapping pages, not from the hardware's accessed bits (`farmem run --no-accessed-bits`) | on |
 //! | FARMEM_SYSCALL_GUARD | `0` turns off the syscall guard (`sud`; `farmem run --no-syscall-guard`), `1` makes it required | on where the kernel has it, in sigbus mode |
 //! | FARMEM_MMAP_THRESHOLD | anonymous mmaps from this size up are far | 256 KiB |
+//! | FARMEM_TAKE_RESERVED | `1`: large PROT_NONE reservations are far too (`farmem run --take-reserved`) | off |
+//! | FARMEM_CONTROL | serve `farmem ctl` on this socket path (`farmem run --control`) | off |
 //! | FARMEM_STATS | print a summary at exit (`1`) | off |
 //! | FARMEM_STATS_INTERVAL | print a live line every SECS seconds | off |
 //!
@@ -45,6 +47,9 @@ static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
 /// close fd 2 before they exit (GNU tools' `close_stdout` does).
 static STATS_FD: AtomicI32 = AtomicI32::new(2);
 pub(crate) static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(256 << 10);
+/// Whether large PROT_NONE reservations become far heap blocks (`farmem run
+/// --take-reserved`, FARMEM_TAKE_RESERVED=1).
+pub(crate) static TAKE_RESERVED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) struct Runtime {
     pub engine: Engine,
@@ -186,6 +191,10 @@ fn init() -> Result<(), String> {
         .unwrap_or_default();
     MMAP_THRESHOLD.store(
         env_bytes("FARMEM_MMAP_THRESHOLD", 256 << 10).max(4096),
+        Relaxed,
+    );
+    TAKE_RESERVED.store(
+        env("FARMEM_TAKE_RESERVED").is_some_and(|v| v == "1"),
         Relaxed,
     );
     // SAFETY: getpid has no preconditions.

@@ -27,10 +27,13 @@ pub unsafe extern "C" fn mmap(
         c"mmap",
         unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, libc::off_t) -> *mut c_void
     );
-    if far_candidate(addr, len, prot, flags)
+    if (far_candidate(addr, len, prot, flags) || reservation(addr, len, prot, flags))
         && let Some(p) = crate::heap::mmap_alloc(len)
     {
         return p as *mut c_void;
+    }
+    if flags & libc::MAP_FIXED != 0 && owns(addr as usize) {
+        return fixed_in_heap(addr, len, prot, flags, fd);
     }
     // SAFETY: forwarded.
     unsafe { f(addr, len, prot, flags, fd, off) }
@@ -68,6 +71,57 @@ fn far_candidate(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int) -> b
         && flags & refuse == 0
         && prot == libc::PROT_READ | libc::PROT_WRITE
         && len >= rt::MMAP_THRESHOLD.load(Relaxed)
+}
+
+/// A large anonymous PROT_NONE reservation, which `farmem run --take-reserved` turns into
+/// a far heap block: QEMU reserves its guest RAM so, then maps it read-write inside with
+/// MAP_FIXED (see `fixed_in_heap`). The block is readable and writable from the start (a
+/// far region cannot be PROT_NONE in parts), so a guard page in it does not trap.
+fn reservation(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int) -> bool {
+    let want = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let refuse = libc::MAP_SHARED
+        | libc::MAP_FIXED
+        | libc::MAP_FIXED_NOREPLACE
+        | libc::MAP_GROWSDOWN
+        | libc::MAP_HUGETLB
+        | libc::MAP_STACK;
+    rt::ready()
+        && rt::TAKE_RESERVED.load(Relaxed)
+        && addr.is_null()
+        && flags & want == want
+        && flags & refuse == 0
+        && prot == libc::PROT_NONE
+        && len >= rt::MMAP_THRESHOLD.load(Relaxed)
+}
+
+/// mmap with MAP_FIXED over part of a far heap block. A fresh anonymous private mapping
+/// there is the block's pages zeroed (mapping anything else over far memory would put
+/// pages the engine does not know about inside its region, and eviction would lose
+/// them): they are discarded and the address returned. PROT_NONE stays readable and
+/// writable. Anything else (a file, shared memory) is refused with EINVAL.
+fn fixed_in_heap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+) -> *mut c_void {
+    let a = addr as usize;
+    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let inside = crate::heap::mmap_block(a).is_some_and(|(start, blen)| a + len <= start + blen);
+    if flags & anon == anon
+        && flags & libc::MAP_SHARED == 0
+        && fd == -1
+        && prot & libc::PROT_EXEC == 0
+        && a.is_multiple_of(4096)
+        && inside
+    {
+        rt::discard(a, len.next_multiple_of(4096));
+        return addr;
+    }
+    // SAFETY: this thread's errno slot.
+    unsafe { *libc::__errno_location() = libc::EINVAL };
+    libc::MAP_FAILED
 }
 
 /// munmap(2).
