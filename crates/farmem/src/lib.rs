@@ -98,7 +98,8 @@ impl std::fmt::Display for FaultMode {
 pub enum PrefetchKind {
     /// None.
     None,
-    /// Linux-style readahead: the window grows with sequential hits, up to 8 pages.
+    /// Linux-style readahead: the window grows with sequential hits, up to 8 pages
+    /// (32 in the thread fault mode, where faults cost more: `prefetch::THREAD_MODE_WINDOW`).
     #[default]
     Readahead,
     /// Leap's majority trend over recent fault deltas.

@@ -97,9 +97,9 @@ impl Shared {
     pub(crate) fn new_prefetcher(&self) -> Box<dyn Prefetcher> {
         let now = *self.prefetch_now.lock().unwrap_or_else(|e| e.into_inner());
         match (now, &self.config.custom_prefetcher) {
-            (Some(kind), _) => crate::prefetch::build(kind),
+            (Some(kind), _) => crate::prefetch::build(kind, self.fault_mode),
             (None, Some(f)) => f.make(),
-            (None, None) => crate::prefetch::build(self.config.prefetch),
+            (None, None) => crate::prefetch::build(self.config.prefetch, self.fault_mode),
         }
     }
 
@@ -119,7 +119,8 @@ impl Shared {
         *now = Some(kind);
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
         for r in regions.iter().flatten() {
-            *r.prefetcher.lock().unwrap_or_else(|e| e.into_inner()) = crate::prefetch::build(kind);
+            *r.prefetcher.lock().unwrap_or_else(|e| e.into_inner()) =
+                crate::prefetch::build(kind, self.fault_mode);
         }
     }
 
