@@ -168,6 +168,9 @@ mod tests {
         let thread = widest(build(PrefetchKind::Readahead, FaultMode::Thread).as_mut());
         assert_eq!(sigbus, Readahead::DEFAULT_MAX_WINDOW);
         assert_eq!(thread, THREAD_MODE_WINDOW);
-        assert_eq!(widest(build(PrefetchKind::None, FaultMode::Thread).as_mut()), 0);
+        assert_eq!(
+            widest(build(PrefetchKind::None, FaultMode::Thread).as_mut()),
+            0
+        );
     }
 }
