@@ -110,12 +110,13 @@ enum Command {
     Summarize(table::SummarizeArgs),
     /// A KVM guest whose RAM is far memory: MEMORY of guest RAM under a LOCAL_MEM budget.
     ///
-    /// Runs one of the project's minimal guests (`--guest sort|random|kv`, freestanding
-    /// long-mode payloads that check their own results) on --cpus vCPUs. The guest's
-    /// console goes to stdout and its exit code becomes farmem's. KVM faults on guest RAM
-    /// in the kernel, so the engine runs in thread fault mode (each fault is handed to a
-    /// handler thread). With --control PATH, `farmem ctl PATH` changes the budget and
-    /// reads statistics while the guest runs. Needs /dev/kvm.
+    /// Runs one of the project's minimal guests (`--guest sort|random|kv|latency`,
+    /// freestanding long-mode payloads that check their own results) on --cpus vCPUs, or
+    /// boots a Linux kernel (`--kernel BZIMAGE [--initrd FILE]`). The guest's console goes
+    /// to stdout and its exit code becomes farmem's. KVM faults on guest RAM in the kernel,
+    /// so the engine runs in thread fault mode (each fault is handed to a handler thread,
+    /// pinned beside its vCPU). With --control PATH, `farmem ctl PATH` changes the budget
+    /// and reads statistics while the guest runs. Needs /dev/kvm.
     Vm(vm::VmArgs),
     /// Change the budget of, or read statistics from, a running `farmem vm` or `farmem
     /// run` that was started with --control PATH.

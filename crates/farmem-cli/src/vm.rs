@@ -7,7 +7,10 @@ use farmem::{Engine, FaultMode, PrefetchKind};
 use farmem_vm::{GuestSpec, Workload};
 
 #[derive(Args, Debug, Clone)]
-#[command(group(clap::ArgGroup::new("payload").required(true).args(["guest", "kernel"])))]
+#[command(
+    group(clap::ArgGroup::new("payload").required(true).args(["guest", "kernel"])),
+    after_help = "Examples:\n  farmem vm --memory 68M --local-mem 16M --stats --guest sort 64M\n  farmem vm --memory 68M --local-mem 17M --cpus 2 --control /tmp/vm.sock --guest random 64M 3000000\n  farmem ctl /tmp/vm.sock budget 68M\n  farmem vm --memory 68M --local-mem 4M --prefetch none --guest latency 32M 50000\n  farmem vm --memory 256M --local-mem 64M --kernel /boot/vmlinuz-$(uname -r) --initrd initrd.cpio.gz\n      (scripts/vm-initramfs.sh builds the initramfs)\n\nThe baseline: the same with --all-local (plain RAM). farmem bench-cmd --vm runs a guest under farmem, Linux swap and all-local."
+)]
 pub struct VmArgs {
     /// The guest's RAM (K/M/G suffixes; a multiple of 2 MiB, 8 MiB or more).
     #[arg(long, default_value = "256M", value_parser = opts::size)]
