@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// ten times slower per fault here) or auto (sigbus where available).
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub fault_mode: String,
+    /// The unit the heap is filled and evicted in: 4K, or 2M (hugetlbfs huge pages, taken
+    /// from the kernel's pool for the budget and given back at exit; thread fault mode
+    /// only, no prefetch beyond the page itself).
+    #[arg(long, value_name = "4K|2M", default_value = "4K")]
+    pub page_size: String,
     /// Turn off the object prefetch (on by default): a fault inside a heap block of 4 to
     /// 256 KiB brings in the rest of the block and maps it at once, and the prefetcher
     /// does not fetch past it.
@@ -166,6 +171,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let prefetch: farmem::PrefetchKind = a.prefetch.parse().map_err(anyhow::Error::msg)?;
     let evict: farmem::policy::PolicyKind = a.evict.parse().map_err(anyhow::Error::msg)?;
     let mode: farmem::FaultMode = a.fault_mode.parse().map_err(anyhow::Error::msg)?;
+    let page_size: farmem::PageSize = a.page_size.parse().map_err(anyhow::Error::msg)?;
     if let Some(s) = a.stats_interval
         && !(s > 0.0 && s.is_finite())
     {
@@ -178,6 +184,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         .prefetch(prefetch)
         .policy(evict)
         .fault_mode(mode)
+        .page_size(page_size)
         .build()
         .context("far memory is not available on this machine")?;
     drop(check);
@@ -204,7 +211,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         .env("FARMEM_ALLOCATOR", allocator.name())
         .env("FARMEM_PREFETCH", &a.prefetch)
         .env("FARMEM_EVICT", &a.evict)
-        .env("FARMEM_FAULT_MODE", &a.fault_mode);
+        .env("FARMEM_FAULT_MODE", &a.fault_mode)
+        .env("FARMEM_PAGE_SIZE", page_size.name());
     cmd.env(
         "FARMEM_OBJECT_PREFETCH",
         if a.no_object_prefetch { "0" } else { "1" },

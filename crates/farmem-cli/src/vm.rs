@@ -25,6 +25,11 @@ pub struct VmArgs {
     /// Prefetcher on the guest's physical address stream: none, readahead or majority.
     #[arg(long, default_value = "readahead")]
     pub prefetch: PrefetchKind,
+    /// The unit guest RAM is filled and evicted in: 4K, or 2M (hugetlbfs huge pages, which
+    /// farmem reserves from the kernel's pool for the budget and gives back at exit; root
+    /// may be needed to raise the pool).
+    #[arg(long, value_name = "4K|2M", default_value = "4K")]
+    pub page_size: farmem::PageSize,
     /// Print the engine's statistics when the guest exits.
     #[arg(long)]
     pub stats: bool,
@@ -193,6 +198,9 @@ pub fn vm(a: VmArgs) -> Result<i32> {
             farmem::MIN_BUDGET_PAGES * 4
         );
     }
+    if a.page_size == farmem::PageSize::Huge && a.local_mem < 8 << 20 && !a.all_local {
+        bail!("--local-mem must be at least 8 MiB (four 2 MiB pages) with --page-size 2M");
+    }
     let t0 = std::time::Instant::now();
     let mut out = std::io::stdout();
     let (outcome, engine) = if a.all_local {
@@ -208,6 +216,7 @@ pub fn vm(a: VmArgs) -> Result<i32> {
                 .backend(opts::backend(&a.backend)?)
                 .prefetch(a.prefetch)
                 .fault_mode(FaultMode::Thread)
+                .page_size(a.page_size)
                 .handler_threads(a.cpus as usize)
                 .handler_cpus(if a.busy_poll && !a.no_pin {
                     farmem_vm::poller_cpus(a.cpus)?
@@ -230,8 +239,9 @@ pub fn vm(a: VmArgs) -> Result<i32> {
     if a.stats {
         let ram = match &engine {
             Some(e) => format!(
-                "{} local, {} tier",
+                "{} local in {} pages, {} tier",
                 opts::human(a.local_mem),
+                e.page_size(),
                 e.backend_name()
             ),
             None => "all local".into(),

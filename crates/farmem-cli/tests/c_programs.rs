@@ -458,6 +458,45 @@ fn objects_plain() {
     run_program("objects", OBJECTS_ARGS, false);
 }
 
+/// The heap in 2 MiB pages (hugetlbfs): the quicksort with a quarter of its array local,
+/// and a shell whose forked subshells keep using their heap (each child gets its own copy
+/// of the resident huge pages).
+#[test]
+fn quicksort_and_forks_under_farmem_in_2_mib_pages() {
+    let huge = [
+        "--local-mem",
+        "16M",
+        "--backend",
+        "mem:",
+        "--page-size",
+        "2M",
+    ];
+    if programs().is_none() {
+        return;
+    }
+    let mut probe = Command::new(env!("CARGO_BIN_EXE_farmem"));
+    probe.args(["run"]).args(huge).args(["--", "true"]);
+    let out = run(probe, "farmem run --page-size 2M -- true");
+    if !out.status.success() {
+        eprintln!(
+            "skipped: 2 MiB pages are not available here: {}",
+            describe(&out)
+        );
+        return;
+    }
+    run_program_with("quicksort", &["--size", "64M"], Some(&huge));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_farmem"));
+    cmd.args(["run"]).args(huge).args(["--", "bash", "-c"]).arg(
+        "x=$(for i in $(seq 1 2000); do echo $i; done | sort -n | tail -1); y=$( (echo sub; echo shell) | tr a-z A-Z ); echo \"$x $y\"",
+    );
+    let out = run(cmd, "farmem run --page-size 2M -- bash -c ...");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2000 SUB\nSHELL"
+    );
+}
+
 #[test]
 fn reserve_plain() {
     run_program("reserve", &["--size", "16M"], false);

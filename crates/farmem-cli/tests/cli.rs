@@ -415,6 +415,25 @@ fn farmem_vm_without_kvm_or_with_a_crashing_guest_says_why() {
     if std::fs::metadata("/dev/kvm").is_err() {
         return;
     }
+    // More huge pages than the machine has memory: one line, before the guest starts.
+    let err = run(
+        None,
+        &[],
+        &[
+            "vm",
+            "--memory",
+            "64M",
+            "--local-mem",
+            "64T",
+            "--page-size",
+            "2M",
+            "--guest",
+            "sort",
+            "1M",
+        ],
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not enough huge pages"), "{err}");
     let out = farmem(&["vm", "--memory", "16M", "--guest", "crash"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -14,6 +14,7 @@
 //! | FARMEM_PREFETCH | none, readahead, majority | readahead |
 //! | FARMEM_EVICT | clock, fifo | clock |
 //! | FARMEM_FAULT_MODE | auto, sigbus, thread | auto |
+//! | FARMEM_PAGE_SIZE | 4K, or 2M (huge pages, thread fault mode) | 4K |
 //! | FARMEM_HEAP_MAX | bytes of address space for the heap (at most 1 TiB with the object prefetch) | 128 GiB |
 //! | FARMEM_OBJECT_PREFETCH | `0` turns off the object prefetch (`extent`; `farmem run --no-object-prefetch`) | on |
 //! | FARMEM_ACCESSED_BITS | `0`: learn the hot set only by unmapping pages, not from the hardware's accessed bits (`farmem run --no-accessed-bits`) | on |
@@ -184,6 +185,10 @@ fn init() -> Result<(), String> {
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or_default();
+    let page_size: farmem::PageSize = env("FARMEM_PAGE_SIZE")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or_default();
     let heap_max = env_bytes("FARMEM_HEAP_MAX", 128 << 30);
     let allocator: farmem::heap::HeapKind = env("FARMEM_ALLOCATOR")
         .map(|v| v.parse())
@@ -225,6 +230,7 @@ fn init() -> Result<(), String> {
         .policy(policy)
         .prefetch(prefetch)
         .fault_mode(mode)
+        .page_size(page_size)
         .accessed_bits(env("FARMEM_ACCESSED_BITS").is_none_or(|v| v != "0"))
         .build()
         .map_err(|e| e.to_string())?;

@@ -368,3 +368,48 @@ fn busy_polling_handlers_serve_the_guest_too() {
     assert!(e.stats().major_faults > 1_000, "{}", e.stats());
     // Dropping the region stops its spinning handler (the test would hang otherwise).
 }
+
+/// The same workloads with 2 MiB pages (hugetlbfs, filled and evicted 2 MiB at a time),
+/// a tenth of the RAM local.
+#[test]
+fn every_guest_verifies_its_memory_in_2_mib_pages_with_a_tenth_local() {
+    if !kvm_here() {
+        return;
+    }
+    let e = Engine::builder()
+        .local_budget(8 << 20)
+        .page_size(farmem::PageSize::Huge)
+        .fault_mode(FaultMode::Thread)
+        .build();
+    let e = match e {
+        Ok(e) => e,
+        Err(err) => {
+            eprintln!("skipped: 2 MiB pages are not available here: {err}");
+            return;
+        }
+    };
+    // kv's slot table takes an eighth of its size and each insert touches a random slot:
+    // at 76 MiB it alone outgrows four huge pages, and every insert would move 2 MiB
+    // (162 s); at 16 MiB the table is one huge page.
+    for (workload, size, ops, says) in [
+        (Workload::Sort, 76 << 20, 0, "sorted and verified"),
+        (Workload::Random, 76 << 20, 1_000, "1000 updates over"),
+        (Workload::Kv, 16 << 20, 2_000, "gets verified"),
+    ] {
+        let spec = GuestSpec {
+            workload,
+            size,
+            ops,
+            seed: 13,
+        };
+        let mut console = Vec::new();
+        let out = farmem_vm::run(&e, &Machine::new(80 << 20), &spec, &mut console).unwrap();
+        let text = String::from_utf8_lossy(&console);
+        assert_eq!(out.exit_code, 0, "{workload:?}: {text}");
+        assert!(text.contains(says), "{workload:?}: {text}");
+    }
+    let st = e.stats();
+    assert_eq!(st.page_bytes, 2 << 20);
+    assert!(st.major_faults > 50 && st.evicted_pages > 50, "{st}");
+    assert!(st.peak_resident_pages <= 4, "{st}");
+}

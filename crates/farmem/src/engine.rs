@@ -17,7 +17,7 @@ use crate::state::config::{Config, Factory};
 use crate::state::shared::Shared;
 use crate::stats::Stats;
 use crate::sys::uffd;
-use crate::{Error, FaultMode, PrefetchKind};
+use crate::{Error, FaultMode, PageSize, PrefetchKind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::Duration;
@@ -79,6 +79,12 @@ impl Builder {
     /// How faults are resolved (default: auto).
     pub fn fault_mode(mut self, mode: FaultMode) -> Builder {
         self.config.fault_mode = mode;
+        self
+    }
+
+    /// The page size: 4 KiB (default) or 2 MiB huge pages (see [`PageSize::Huge`]).
+    pub fn page_size(mut self, size: PageSize) -> Builder {
+        self.config.page_size = size;
         self
     }
 
@@ -146,6 +152,7 @@ impl Engine {
                 policy: PolicyKind::default(),
                 prefetch: PrefetchKind::default(),
                 fault_mode: FaultMode::Auto,
+                page_size: PageSize::Small,
                 handler_threads: 1,
                 handler_cpus: Vec::new(),
                 handler_busy_poll: false,
@@ -157,27 +164,59 @@ impl Engine {
         }
     }
 
-    fn new(config: Config) -> Result<Engine, Error> {
+    fn new(mut config: Config) -> Result<Engine, Error> {
         if crate::sys::mem::page_size() != PAGE_SIZE {
             return Err(Error::Unsupported(format!(
                 "farmem needs {PAGE_SIZE}-byte pages; this system uses {}",
                 crate::sys::mem::page_size()
             )));
         }
-        let budget = config.local_budget / PAGE_SIZE;
-        if budget < MIN_BUDGET_PAGES {
+        let unit = config.page_size.bytes();
+        let min = min_budget(config.page_size);
+        let budget = config.local_budget / unit;
+        if budget < min {
             return Err(Error::BudgetTooSmall {
                 requested: config.local_budget,
-                minimum: MIN_BUDGET_PAGES * PAGE_SIZE,
+                minimum: min * unit,
             });
         }
+        let huge_pages = if config.page_size == PageSize::Huge {
+            // Faults in the kernel wait for a handler thread; the page itself is the only
+            // prefetch, and the hand tests pages by unmapping them (accessed bits are read
+            // per 4 KiB mapping).
+            config.fault_mode = match config.fault_mode {
+                FaultMode::Sigbus => {
+                    return Err(Error::InvalidArgument(
+                        "2 MiB pages need the thread fault mode (not sigbus)".into(),
+                    ));
+                }
+                _ => FaultMode::Thread,
+            };
+            config.accessed_bits = false;
+            config.prefetch = PrefetchKind::None;
+            config.custom_prefetcher = None;
+            Some(crate::sys::hugepages::Reservation::take(budget + 1).map_err(Error::HugePages)?)
+        } else {
+            None
+        };
         let fault_mode = resolve_mode(config.fault_mode)?;
+        if config.page_size == PageSize::Huge {
+            let need = uffd::feature::MISSING_HUGETLBFS | uffd::feature::MINOR_HUGETLBFS;
+            if uffd::probe_features().map_err(Error::userfaultfd)? & need != need {
+                return Err(Error::Unsupported(
+                    "this kernel's userfaultfd lacks hugetlbfs minor faults (Linux 5.13 or newer is needed for 2 MiB pages)".into(),
+                ));
+            }
+            // Computed here, not on the eviction path.
+            crate::state::region::zero_hash(unit);
+        }
         let policy = match &config.custom_policy {
             Some(f) => f.make(),
             None => config.policy.build(),
         };
         crate::state::region::init_split_allowance();
         let shared = Arc::new(Shared::new(config, budget, fault_mode, policy)?);
+        *shared.huge_pages.lock().unwrap_or_else(|e| e.into_inner()) = huge_pages;
         let handle =
             reclaim::spawn(&shared).map_err(|e| Error::os("spawn the reclaimer thread", e))?;
         crate::fork::track_engine(&shared);
@@ -195,18 +234,36 @@ impl Engine {
 
     /// The local budget in bytes.
     pub fn budget(&self) -> usize {
-        self.shared.frames.budget() * PAGE_SIZE
+        self.shared.frames.budget() * self.shared.unit
+    }
+
+    /// The page size regions of this engine use.
+    pub fn page_size(&self) -> PageSize {
+        self.shared.config.page_size
     }
 
     /// Changes the budget while regions are in use. Shrinking evicts down to the new
     /// budget before returning; growing lets more pages stay resident.
     pub fn set_budget(&self, bytes: usize) -> Result<(), Error> {
-        let pages = bytes / PAGE_SIZE;
-        if pages < MIN_BUDGET_PAGES {
+        let unit = self.shared.unit;
+        let pages = bytes / unit;
+        let min = min_budget(self.shared.config.page_size);
+        if pages < min {
             return Err(Error::BudgetTooSmall {
                 requested: bytes,
-                minimum: MIN_BUDGET_PAGES * PAGE_SIZE,
+                minimum: min * unit,
             });
+        }
+        {
+            // A larger budget of huge pages needs more of the kernel's pool first.
+            let mut held = self
+                .shared
+                .huge_pages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = held.as_mut() {
+                r.grow(pages + 1).map_err(Error::HugePages)?;
+            }
         }
         self.shared.policy_reserve(pages);
         self.shared.frames.set_budget(pages);
@@ -308,6 +365,15 @@ impl Engine {
     /// frees the session). The engine keeps working until the process ends.
     pub fn before_exit(&self) {
         self.shared.backend.before_exit();
+        // Huge pages this engine added to the kernel's pool go back to it (pages still in
+        // use become surplus pages, freed when the process's memory is).
+        drop(
+            self.shared
+                .huge_pages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 }
 
@@ -321,6 +387,15 @@ impl Drop for Engine {
             h.thread().unpark();
             let _ = h.join();
         }
+    }
+}
+
+/// The smallest budget in pages of `size`: a frame for every concurrently faulting
+/// thread, and for 2 MiB pages at least four (one local page would thrash).
+fn min_budget(size: PageSize) -> usize {
+    match size {
+        PageSize::Small => MIN_BUDGET_PAGES,
+        PageSize::Huge => 4,
     }
 }
 

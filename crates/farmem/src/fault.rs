@@ -121,7 +121,7 @@ fn fill(mut op: impl FnMut() -> Result<(), FillError>, what: &str) {
 /// needed (handler-thread mode).
 pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
     let _pass = crate::state::gate::enter();
-    let page = ((addr - r.base) / PAGE_SIZE) as u64;
+    let page = ((addr - r.base) / r.unit) as u64;
     let page_addr = r.page_addr(page);
     let w = &r.states[page as usize];
     let c = &r.shared.counters;
@@ -135,11 +135,11 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                 if !w.try_lock(s) {
                     continue;
                 }
-                let mapped = matches!(r.uffd.cont(page_addr, PAGE_SIZE), Err(FillError::Exists));
+                let mapped = matches!(r.uffd.cont(page_addr, r.unit), Err(FillError::Exists));
                 w.unlock(s);
                 Counters::bump(&c.spurious_faults, 1);
                 if wake && mapped {
-                    let _ = r.uffd.wake(page_addr, PAGE_SIZE);
+                    let _ = r.uffd.wake(page_addr, r.unit);
                 }
                 return;
             }
@@ -153,7 +153,7 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                 // touched. A prefetched page's touch is a prefetch hit instead (below).
                 let mut run = [s; MAX_LOCAL_RUN];
                 let mut n = 1;
-                if !s.prefetched() {
+                if !s.prefetched() && !r.shared.huge {
                     // The upcall's objects only (see `PrefetchRequest::is_local_touch`).
                     let mut objects = Candidates::new();
                     upcall(r, addr, false, true, &mut objects, &mut Candidates::new());
@@ -171,7 +171,7 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                     }
                 }
                 fill(
-                    || r.uffd.cont(page_addr, n * PAGE_SIZE).or_else(ok_if_exists),
+                    || r.uffd.cont(page_addr, n * r.unit).or_else(ok_if_exists),
                     "mapping a local page (UFFDIO_CONTINUE)",
                 );
                 let mut ahead = 0;
@@ -268,7 +268,10 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
     drop(buf);
     let sequential = page == r.zero_next.load(Relaxed);
     let below = page > 0 && r.states[page as usize - 1].load().is_resident();
-    let window = if sequential {
+    let window = if shared.huge {
+        // A huge page is a run of its own.
+        1
+    } else if sequential {
         (r.zero_window.load(Relaxed) * 2).clamp(2, MAX_ZERO_RUN as u32)
     } else if below {
         (NEIGHBOUR_BLOCK - (page % NEIGHBOUR_BLOCK as u64) as u32).max(2)
@@ -296,7 +299,18 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
     let n = 1 + extra;
     r.zero_next.store(page + n as u64, Relaxed);
     r.note_touched(page + n as u64 - 1);
-    match r.uffd.zeropage(r.page_addr(page), n * PAGE_SIZE) {
+    let filled = if r.shared.huge {
+        // hugetlbfs has no UFFDIO_ZEROPAGE: copy from zeros.
+        // SAFETY: `huge_zeros` is a read-only run of zeros at least a page long, outside
+        // every registered range.
+        unsafe {
+            r.uffd
+                .copy(r.page_addr(page), huge_zeros(r.unit), n * r.unit)
+        }
+    } else {
+        r.uffd.zeropage(r.page_addr(page), n * PAGE_SIZE)
+    };
+    match filled {
         Ok(()) => {}
         Err(FillError::Exists) => {
             let mut words = [0u64; MAX_ZERO_RUN];
@@ -331,6 +345,18 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
     Counters::bump(&shared.counters.zero_ahead, extra as u64);
 }
 
+/// `len` bytes of zeros to copy a huge page's first touch from (an anonymous mapping
+/// nobody writes, so it costs only page tables).
+fn huge_zeros(len: usize) -> *const u8 {
+    static ZEROS: std::sync::OnceLock<crate::sys::mem::Mapping> = std::sync::OnceLock::new();
+    let m = ZEROS.get_or_init(|| {
+        crate::sys::mem::Mapping::anon(2 << 20)
+            .unwrap_or_else(|e| crate::fatal::die_io("could not map zeros for huge pages", &e))
+    });
+    assert!(len <= m.len());
+    m.ptr()
+}
+
 fn ok_if_exists(e: FillError) -> Result<(), FillError> {
     // CONTINUE on a page that is already mapped: someone else mapped it, fine.
     match e {
@@ -351,6 +377,10 @@ fn gather(
     hit: bool,
     out: &mut Candidates,
 ) -> usize {
+    if r.shared.huge {
+        // A huge page is its own prefetch.
+        return 0;
+    }
     let mut guesses = Candidates::new();
     let enough = upcall(r, addr, hit, false, out, &mut guesses);
     // The objects at the front of `out`, the upcall's guesses after them.
@@ -475,20 +505,28 @@ fn lock_far(
 
 /// Fetches `pages` (all locked, all with a far copy) into `out` and checks every checksum.
 fn fetch_verified(r: &RegionState, pages: &[u64], out: &mut [u8]) {
-    let mut keys = [PageKey(0); BATCH_PAGES];
-    for (k, p) in keys.iter_mut().zip(pages) {
-        *k = r.key(*p);
+    let mut keys = [PageKey(0); KEYS];
+    let mut n = 0;
+    for p in pages {
+        for k in r.keys(*p) {
+            keys[n] = k;
+            n += 1;
+        }
     }
     let shared = &r.shared;
-    if let Err(e) = shared.backend.fetch(&keys[..pages.len()], out) {
+    if let Err(e) = shared.backend.fetch(&keys[..n], &mut out[..n * PAGE_SIZE]) {
         crate::fatal::die_tier("fetch pages", shared.backend.name(), &e);
     }
+    let u = r.unit;
     for (i, p) in pages.iter().enumerate() {
-        if page_hash(&out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) != r.far_hash(*p) {
+        if page_hash(&out[i * u..(i + 1) * u]) != r.far_hash(*p) {
             crate::fatal::die_corrupt(shared.backend.name(), r.id, *p);
         }
     }
 }
+
+/// The most far-tier keys one batch holds: a batch of 4 KiB pages, or one 2 MiB page.
+const KEYS: usize = if BATCH_PAGES > 512 { BATCH_PAGES } else { 512 };
 
 /// Sorts a batch by page, keeping each page's state beside it (at most 72 entries).
 fn sort_batch(pages: &mut [u64], states: &mut [State]) {
@@ -541,7 +579,9 @@ fn install(
         // The run is pages[i..j]. Choose its marker and the part mapped now.
         let has_anchor =
             anchor_in_batch && anchor.is_some_and(|a| pages[i] <= a && a <= pages[j - 1]);
-        let can_mark = |k: usize| !whole.contains(&pages[k]);
+        // Huge pages are never installed unmapped: hugetlbfs cannot be written around
+        // the mapping (no pwrite), and a 2 MiB page is its own prefetch.
+        let can_mark = |k: usize| !r.shared.huge && !whole.contains(&pages[k]);
         let marker = match anchor {
             _ if j - i == 1 => (!has_anchor && can_mark(i)).then_some(i),
             Some(a) if pages[j - 1].abs_diff(a) >= pages[i].abs_diff(a) => {
@@ -555,7 +595,7 @@ fn install(
             _ => (i, j),
         };
         if e1 > e0 {
-            let src = &data[e0 * PAGE_SIZE..e1 * PAGE_SIZE];
+            let src = &data[e0 * r.unit..e1 * r.unit];
             // SAFETY: `src` is a fetch buffer of ours, outside every registered range.
             fill(
                 || unsafe { r.uffd.copy(r.page_addr(pages[e0]), src.as_ptr(), src.len()) },
@@ -565,6 +605,7 @@ fn install(
         for k in i..j {
             let generation = next_gen(states[k]);
             let next = if Some(k) == marker {
+                debug_assert!(!r.shared.huge, "no markers with huge pages (no prefetch)");
                 if let Err(e) = r.memfd.write_at(
                     &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE],
                     pages[k] as usize * PAGE_SIZE,
@@ -627,7 +668,8 @@ pub(crate) fn prefetch_pages(
     let mut buf = r.shared.bufs.acquire();
     let mut pages = [0u64; BATCH_PAGES];
     let mut states = [State(0); BATCH_PAGES];
-    let n = lock_far(r, cands, &mut pages, &mut states);
+    let cap = (buf.bytes().len() / r.unit).min(BATCH_PAGES);
+    let n = lock_far(r, cands, &mut pages[..cap], &mut states[..cap]);
     if n == 0 {
         return 0;
     }
@@ -669,7 +711,7 @@ fn bring_in(
         return 0;
     }
     sort_batch(&mut pages[..got], &mut states[..got]);
-    let bytes = &mut scratch[..got * PAGE_SIZE];
+    let bytes = &mut scratch[..got * r.unit];
     fetch_verified(r, &pages[..got], bytes);
     let mut refs = [PageRef {
         region: r.id,

@@ -177,6 +177,23 @@ pub fn child() {
             );
         }
     }
+    for s in &engines {
+        // The parent's huge pages are the parent's to give back; the child's copy of the
+        // resident ones needs its own.
+        let mut held = s.huge_pages.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = held.take() {
+            let pages = r.pages();
+            r.forget_in_child();
+            match crate::sys::hugepages::Reservation::take(pages) {
+                Ok(mine) => *held = Some(mine),
+                Err(e) => crate::sys::signal::fatal(&[
+                    b"farmem: fatal: after fork: the child's copy of its 2 MiB pages: ",
+                    e.as_bytes(),
+                    b"\n",
+                ]),
+            }
+        }
+    }
     for r in &regions {
         if let Err(e) = r.take_over_after_fork() {
             crate::fatal::die_io(

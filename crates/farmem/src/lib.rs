@@ -55,6 +55,55 @@ pub use state::config::{Config, Factory};
 pub use state::{page, pin};
 pub use stats::{Latency, Metric, MetricKind, Stats};
 
+/// The unit an engine fills and evicts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PageSize {
+    /// 4 KiB pages of a shared-memory memfd.
+    #[default]
+    Small,
+    /// 2 MiB huge pages of a hugetlbfs memfd: one fault brings in 2 MiB, eviction writes
+    /// out 2 MiB. The engine reserves the huge pages its budget needs from the kernel
+    /// (`/proc/sys/vm/nr_hugepages`) and gives them back when it is dropped. Thread fault
+    /// mode only; no prefetcher beyond the page itself, no accessed bits (the hand tests
+    /// pages by unmapping them).
+    Huge,
+}
+
+impl PageSize {
+    /// Bytes in one page.
+    pub fn bytes(self) -> usize {
+        match self {
+            PageSize::Small => 4096,
+            PageSize::Huge => 2 << 20,
+        }
+    }
+
+    /// `4K` or `2M`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PageSize::Small => "4K",
+            PageSize::Huge => "2M",
+        }
+    }
+}
+
+impl std::str::FromStr for PageSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "4K" | "4k" | "4096" => Ok(PageSize::Small),
+            "2M" | "2m" => Ok(PageSize::Huge),
+            _ => Err(format!("unknown page size `{s}`: use 4K or 2M")),
+        }
+    }
+}
+
+impl std::fmt::Display for PageSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How faults are resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum FaultMode {
@@ -176,6 +225,9 @@ pub enum Error {
     /// The far tier could not be set up (a memory node out of reach or refusing).
     #[error("{0}")]
     Tier(String),
+    /// The kernel could not give the huge pages a budget of 2 MiB pages needs.
+    #[error("{0}")]
+    HugePages(String),
     /// A system call failed.
     #[error("could not {op}: {source}")]
     Os {

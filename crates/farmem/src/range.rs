@@ -2,7 +2,7 @@
 //! fault: bring it in (`prefetch`, `WillNeed`), evict it (`DontNeed`), throw it away
 //! (`discard`) or forget its far copies (`forget_far`).
 
-use crate::backend::{PAGE_SIZE, PageKey};
+use crate::backend::PageKey;
 use crate::fault::prefetch_pages;
 use crate::reclaim::evict_locked;
 use crate::state::bufs::BATCH_PAGES;
@@ -50,10 +50,11 @@ pub(crate) fn evict_range(r: &RegionState, first: u64, end: u64) {
         return;
     };
     let mut buf = r.shared.bufs.acquire();
+    let batch = (buf.bytes().len() / r.unit).min(BATCH_PAGES);
     let mut p = first;
     while p < end {
-        let mut victims = Vec::with_capacity(BATCH_PAGES);
-        while p < end && victims.len() < BATCH_PAGES {
+        let mut victims = Vec::with_capacity(batch);
+        while p < end && victims.len() < batch {
             let w = &r.states[p as usize];
             let s = w.wait_unlocked();
             if s.is_resident() && w.try_lock(s) {
@@ -78,11 +79,11 @@ pub(crate) fn discard_range(r: &RegionState, first: u64, end: u64) {
         if s.tag() == Tag::Active {
             iov.push(libc::iovec {
                 iov_base: r.page_addr(p) as *mut libc::c_void,
-                iov_len: PAGE_SIZE,
+                iov_len: r.unit,
             });
         }
         if s.has_far() {
-            far.push(r.key(p));
+            far.extend(r.keys(p));
         }
         locked.push((p, s));
     }
@@ -95,7 +96,7 @@ pub(crate) fn discard_range(r: &RegionState, first: u64, end: u64) {
     let punch = |(a, b): (u64, u64)| {
         if let Err(e) = r
             .memfd
-            .punch(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE)
+            .punch(a as usize * r.unit, (b - a) as usize * r.unit)
         {
             crate::fatal::die_io("could not free discarded pages (fallocate)", &e);
         }
@@ -135,11 +136,12 @@ pub(crate) fn forget_far_range(r: &RegionState, first: u64, end: u64) {
     // Pages stay locked until the tier has forgotten them: unlocked earlier, a page could
     // be written, evicted and stored again under the same key before the discard reaches
     // the tier, which would then delete the new copy.
-    let mut keys = [PageKey(0); 64];
+    let mut keys: Vec<PageKey> = Vec::with_capacity(512);
     let mut held = [(0u64, State(0)); 64];
     let mut n = 0;
-    let flush = |keys: &[PageKey], held: &[(u64, State)]| {
+    let flush = |keys: &mut Vec<PageKey>, held: &[(u64, State)]| {
         r.shared.backend.discard(keys);
+        keys.clear();
         for &(p, s) in held {
             r.states[p as usize].unlock(State::new(Tag::Untouched, 0, s.generation()));
         }
@@ -150,15 +152,15 @@ pub(crate) fn forget_far_range(r: &RegionState, first: u64, end: u64) {
         if s.tag() != Tag::Far || !w.try_lock(s) {
             continue;
         }
-        keys[n] = r.key(p);
+        keys.extend(r.keys(p));
         held[n] = (p, s);
         n += 1;
-        if n == keys.len() {
-            flush(&keys, &held);
+        if n == held.len() {
+            flush(&mut keys, &held);
             n = 0;
         }
     }
     if n > 0 {
-        flush(&keys[..n], &held[..n]);
+        flush(&mut keys, &held[..n]);
     }
 }

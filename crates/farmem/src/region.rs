@@ -100,9 +100,14 @@ impl Region {
         self.inner.len == 0
     }
 
-    /// Pages in the region.
+    /// Pages in the region (of the engine's page size, [`Region::page_bytes`]).
     pub fn pages(&self) -> u64 {
         self.inner.pages
+    }
+
+    /// Bytes in one of the region's pages: 4 KiB, or 2 MiB with huge pages.
+    pub fn page_bytes(&self) -> usize {
+        self.inner.unit
     }
 
     /// How this region's faults are resolved.
@@ -113,7 +118,8 @@ impl Region {
     fn check(&self, offset: usize, len: usize) -> Result<(u64, u64), Error> {
         match offset.checked_add(len) {
             Some(end) if end <= self.inner.len => {
-                Ok(((offset / PAGE_SIZE) as u64, end.div_ceil(PAGE_SIZE) as u64))
+                let u = self.inner.unit;
+                Ok(((offset / u) as u64, end.div_ceil(u) as u64))
             }
             _ => Err(Error::InvalidArgument(format!(
                 "range {offset}+{len} is outside the region of {} bytes",
@@ -176,14 +182,35 @@ impl Region {
         Ok(())
     }
 
-    /// Throws away the content of `[offset, offset+len)` (whole pages inside it): they
-    /// read as zeros afterwards and cost nothing, locally or far.
+    /// Throws away the content of `[offset, offset+len)` (whole 4 KiB pages inside it):
+    /// they read as zeros afterwards and cost nothing, locally or far. With 2 MiB pages,
+    /// the huge pages wholly inside the range are discarded, and the 4 KiB pages of the
+    /// range in a huge page only partly inside it are zeroed in place (which brings that
+    /// huge page in).
     pub fn discard(&self, offset: usize, len: usize) -> Result<(), Error> {
-        let _pass = crate::state::gate::enter();
-        let first = offset.div_ceil(PAGE_SIZE) as u64;
-        let end = (offset.saturating_add(len) / PAGE_SIZE) as u64;
         self.check(offset, len)?;
-        crate::range::discard_range(&self.inner, first, end);
+        let u = self.inner.unit;
+        let first = offset.div_ceil(u) as u64;
+        let end = (offset.saturating_add(len) / u) as u64;
+        if u > PAGE_SIZE {
+            let lo = offset.next_multiple_of(PAGE_SIZE);
+            let hi = (offset + len) / PAGE_SIZE * PAGE_SIZE;
+            let (whole_lo, whole_hi) = (
+                first as usize * u,
+                (end as usize * u).max(first as usize * u),
+            );
+            for (a, b) in [(lo, whole_lo.min(hi)), (whole_hi.max(lo), hi)] {
+                if a < b {
+                    // SAFETY: [a, b) is inside the region (checked above); writing zeros
+                    // through the mapping faults the huge page in as any write does.
+                    unsafe { std::ptr::write_bytes(self.as_ptr().add(a), 0, b - a) };
+                }
+            }
+        }
+        let _pass = crate::state::gate::enter();
+        if first < end {
+            crate::range::discard_range(&self.inner, first, end);
+        }
         Ok(())
     }
 
@@ -194,8 +221,9 @@ impl Region {
     /// but likely to be reused soon, such as a freed heap block.
     pub fn forget_far(&self, offset: usize, len: usize) -> Result<(), Error> {
         let _pass = crate::state::gate::enter();
-        let first = offset.div_ceil(PAGE_SIZE) as u64;
-        let end = (offset.saturating_add(len) / PAGE_SIZE) as u64;
+        let u = self.inner.unit;
+        let first = offset.div_ceil(u) as u64;
+        let end = (offset.saturating_add(len) / u) as u64;
         self.check(offset, len)?;
         crate::range::forget_far_range(&self.inner, first, end);
         Ok(())
@@ -253,7 +281,7 @@ impl Drop for Region {
                 resident += 1;
             }
             if s.has_far() {
-                far.push(self.inner.key(i as u64));
+                far.extend(self.inner.keys(i as u64));
             }
         }
         shared.release_frames(resident);

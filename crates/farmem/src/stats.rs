@@ -222,13 +222,16 @@ pub struct Stats {
     /// Times the reclaimer, which runs in the background (in idle CPU time), was raised
     /// to a normal, higher priority because the free reserve ran low.
     pub reclaimer_raised: u64,
+    /// Bytes in one of the engine's pages (4096, or 2 MiB with huge pages): the unit of
+    /// every `*_pages` figure here but `far_pages`, and of the fault counts.
+    pub page_bytes: u64,
     /// Pages resident now.
     pub resident_pages: u64,
     /// Most pages resident at once.
     pub peak_resident_pages: u64,
     /// The budget, in pages.
     pub budget_pages: u64,
-    /// Pages held by the far tier.
+    /// 4 KiB pages held by the far tier.
     pub far_pages: u64,
     /// Bytes of memory the far tier uses.
     pub far_bytes: u64,
@@ -443,13 +446,19 @@ impl Stats {
             ),
             m(
                 "budget_pages",
-                "The local budget, in 4 KiB pages.",
+                "The local budget, in pages of page_bytes.",
                 Gauge,
                 self.budget_pages as f64,
             ),
             m(
+                "page_bytes",
+                "Bytes in one of the engine's pages (4096, or 2 MiB with huge pages).",
+                Gauge,
+                self.page_bytes as f64,
+            ),
+            m(
                 "far_pages",
-                "Pages held by the far tier.",
+                "4 KiB pages held by the far tier.",
                 Gauge,
                 self.far_pages as f64,
             ),
@@ -532,7 +541,12 @@ impl Stats {
 
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |pages: u64| pages as f64 * 4096.0 / (1 << 20) as f64;
+        let page = if self.page_bytes == 0 {
+            4096
+        } else {
+            self.page_bytes
+        };
+        let mib = |pages: u64| pages as f64 * page as f64 / (1 << 20) as f64;
         writeln!(
             f,
             "faults: {} major, {} minor, {} zero-fill, {} spurious; {} more pages mapped by minor faults with their objects",

@@ -30,7 +30,6 @@
 //! and tested every pass: the classic CLOCK over mappings, where a hot page pays a minor
 //! fault every lap.
 
-use crate::backend::PAGE_SIZE;
 use crate::policy::{CHUNK_PAGES, ChunkBits};
 use crate::state::accessed::ChunkCounts;
 use crate::state::page::{KEPT, Tag, WARM, YOUNG};
@@ -138,7 +137,7 @@ pub(super) fn age(
     if hot == Hot::Stay && n_kept > 0 {
         // Clear the bits of what stays mapped before anything is unmapped: a page unmapped
         // below and mapped again by a touch must keep the bit that touch sets.
-        if let Err(e) = crate::sys::mem::cold(r.page_addr(first), len * PAGE_SIZE) {
+        if let Err(e) = crate::sys::mem::cold(r.page_addr(first), len * r.unit) {
             crate::fatal::die_io("could not clear accessed bits (madvise MADV_COLD)", &e);
         }
         Counters::bump(&c.kept_mapped, n_kept);
@@ -249,7 +248,7 @@ fn unmap(
         }
         iov[runs] = libc::iovec {
             iov_base: r.page_addr(first + i as u64) as *mut libc::c_void,
-            iov_len: (j - i) * PAGE_SIZE,
+            iov_len: (j - i) * r.unit,
         };
         runs += 1;
         i = j;

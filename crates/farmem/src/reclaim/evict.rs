@@ -6,7 +6,7 @@
 //! copy. No write-protect faults are needed, and the engine needs the hash anyway to
 //! check fetches end to end.
 
-use crate::backend::{PAGE_SIZE, PageKey};
+use crate::backend::PageKey;
 use crate::policy::PageRef;
 use crate::state::bufs::BATCH_PAGES;
 use crate::state::page::{HAS_FAR, State, Tag};
@@ -49,7 +49,7 @@ pub(crate) fn evict_locked(s: &Shared, victims: Vec<Victim>, scratch: &mut [u8])
         if prev.tag() == Tag::Active {
             iov.push(libc::iovec {
                 iov_base: r.page_addr(*page) as *mut libc::c_void,
-                iov_len: PAGE_SIZE,
+                iov_len: r.unit,
             });
         }
     }
@@ -65,26 +65,34 @@ pub(crate) fn evict_locked(s: &Shared, victims: Vec<Victim>, scratch: &mut [u8])
 /// their frames.
 fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     let n = victims.len();
+    let u = s.unit;
+    debug_assert!(n <= BATCH_PAGES && n * u <= scratch.len());
     let mut hashes = [0u128; BATCH_PAGES];
-    let mut dirty_keys: [PageKey; BATCH_PAGES] = [PageKey(0); BATCH_PAGES];
+    // Far-tier keys of the dirty pages: one per 4 KiB (a batch of small pages, or the 512
+    // of one huge page).
+    let mut dirty_keys = [PageKey(0); KEYS];
+    let mut nkeys = 0;
     let mut dirty_idx = [0usize; BATCH_PAGES];
     let mut ndirty = 0;
     let mut zero = [false; BATCH_PAGES];
     for (i, j) in runs(victims) {
         let (r, page, _) = &victims[i];
-        let buf = &mut scratch[i * PAGE_SIZE..j * PAGE_SIZE];
-        if let Err(e) = r.memfd.read_at(buf, *page as usize * PAGE_SIZE) {
+        let buf = &mut scratch[i * u..j * u];
+        if let Err(e) = r.memfd.read_at(buf, *page as usize * u) {
             crate::fatal::die_io("could not read a page out of local memory for eviction", &e);
         }
     }
     for (i, (r, page, prev)) in victims.iter().enumerate() {
-        let buf = &scratch[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+        let buf = &scratch[i * u..(i + 1) * u];
         let h = page_hash(buf);
         hashes[i] = h;
-        if h == zero_hash() && buf.iter().all(|&b| b == 0) {
+        if h == zero_hash(u) && buf.iter().all(|&b| b == 0) {
             zero[i] = true;
         } else if !(prev.has_far() && r.far_hash(*page) == h) {
-            dirty_keys[ndirty] = r.key(*page);
+            for k in r.keys(*page) {
+                dirty_keys[nkeys] = k;
+                nkeys += 1;
+            }
             dirty_idx[ndirty] = i;
             ndirty += 1;
         }
@@ -93,26 +101,23 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
         // Pack the dirty pages at the front of the buffer for one batched store.
         for (j, &i) in dirty_idx[..ndirty].iter().enumerate() {
             if i != j {
-                scratch.copy_within(i * PAGE_SIZE..(i + 1) * PAGE_SIZE, j * PAGE_SIZE);
+                scratch.copy_within(i * u..(i + 1) * u, j * u);
             }
         }
         if let Err(e) = s
             .backend
-            .store(&dirty_keys[..ndirty], &scratch[..ndirty * PAGE_SIZE])
+            .store(&dirty_keys[..nkeys], &scratch[..ndirty * u])
         {
             crate::fatal::die_tier("write back evicted pages", s.backend.name(), &e);
         }
     }
-    let mut zero_keys: [PageKey; BATCH_PAGES] = [PageKey(0); BATCH_PAGES];
+    let mut zero_keys = [PageKey(0); KEYS];
     let mut nzero_far = 0;
     let (mut clean, mut nzero, mut unused) = (0u64, 0u64, 0u64);
     let mut next = [State(0); BATCH_PAGES];
     for (i, j) in runs(victims) {
         let (r, page, _) = &victims[i];
-        if let Err(e) = r
-            .memfd
-            .punch(*page as usize * PAGE_SIZE, (j - i) * PAGE_SIZE)
-        {
+        if let Err(e) = r.memfd.punch(*page as usize * u, (j - i) * u) {
             crate::fatal::die_io("could not free evicted pages (fallocate)", &e);
         }
     }
@@ -123,8 +128,10 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
         next[i] = if zero[i] {
             nzero += 1;
             if prev.has_far() {
-                zero_keys[nzero_far] = r.key(*page);
-                nzero_far += 1;
+                for k in r.keys(*page) {
+                    zero_keys[nzero_far] = k;
+                    nzero_far += 1;
+                }
             }
             State::new(Tag::Untouched, 0, prev.generation())
         } else {
@@ -153,6 +160,10 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     Counters::bump(&c.evicted_zero, nzero);
     Counters::bump(&c.prefetch_unused, unused);
 }
+
+/// The most far-tier keys one eviction batch holds: a batch of 4 KiB pages, or one 2 MiB
+/// page.
+const KEYS: usize = if BATCH_PAGES > 512 { BATCH_PAGES } else { 512 };
 
 /// The runs of `victims` (sorted by region and page) that are neighbours in one region, as
 /// index ranges `[i, j)`: each is read out with one `pread` and freed with one

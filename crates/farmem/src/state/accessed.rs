@@ -11,7 +11,6 @@
 //! The reader goes forward in address order, as the clock hand does, asking the kernel
 //! for a record or two at a time so that a count is as fresh as the moment it is used.
 
-use crate::backend::PAGE_SIZE;
 use crate::policy::CHUNK_PAGES;
 use crate::state::region::RegionState;
 use crate::sys::smaps::{Smaps, VmaCounts};
@@ -50,7 +49,7 @@ impl AccessedBits {
             return None;
         }
         let start = r.page_addr(chunk * CHUNK_PAGES);
-        let end = r.base + (((chunk + 1) * CHUNK_PAGES).min(r.pages) as usize * PAGE_SIZE);
+        let end = r.base + (((chunk + 1) * CHUNK_PAGES).min(r.pages) as usize * r.unit);
         let v = self.record_at(start)?;
         if v.start == start && v.end == end {
             self.used = true;

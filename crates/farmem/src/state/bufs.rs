@@ -12,6 +12,8 @@ pub(crate) const BATCH_PAGES: usize = 72;
 pub(crate) struct BufPool {
     map: Mapping,
     free: AtomicU64,
+    /// Bytes per slot: a batch of 4 KiB pages, or one page of the engine's size if larger.
+    slot_bytes: usize,
 }
 
 pub(crate) struct PoolBuf<'a> {
@@ -21,12 +23,14 @@ pub(crate) struct PoolBuf<'a> {
 
 impl BufPool {
     const SLOTS: usize = 64;
-    const SLOT_BYTES: usize = BATCH_PAGES * PAGE_SIZE;
 
-    pub(crate) fn new() -> std::io::Result<BufPool> {
+    /// A pool for an engine whose pages are `unit` bytes.
+    pub(crate) fn new(unit: usize) -> std::io::Result<BufPool> {
+        let slot_bytes = (BATCH_PAGES * PAGE_SIZE).max(unit);
         Ok(BufPool {
-            map: Mapping::anon(Self::SLOTS * Self::SLOT_BYTES)?,
+            map: Mapping::anon(Self::SLOTS * slot_bytes)?,
             free: AtomicU64::new(u64::MAX),
+            slot_bytes,
         })
     }
 
@@ -57,8 +61,8 @@ impl PoolBuf<'_> {
         // lies inside the pool's mapping, which outlives this borrow.
         unsafe {
             std::slice::from_raw_parts_mut(
-                self.pool.map.ptr().add(self.slot * BufPool::SLOT_BYTES),
-                BufPool::SLOT_BYTES,
+                self.pool.map.ptr().add(self.slot * self.pool.slot_bytes),
+                self.pool.slot_bytes,
             )
         }
     }

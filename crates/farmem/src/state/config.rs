@@ -3,7 +3,7 @@
 use crate::backend::Backend;
 use crate::policy::{EvictionPolicy, PolicyKind};
 use crate::prefetch::Prefetcher;
-use crate::{FaultMode, PrefetchKind};
+use crate::{FaultMode, PageSize, PrefetchKind};
 use std::sync::Arc;
 
 /// How an engine is set up. Build one with [`crate::Engine::builder`].
@@ -19,6 +19,8 @@ pub struct Config {
     pub prefetch: PrefetchKind,
     /// How faults are resolved.
     pub fault_mode: FaultMode,
+    /// The unit pages are filled and evicted in.
+    pub page_size: PageSize,
     /// Handler threads per region in [`FaultMode::Thread`].
     pub handler_threads: usize,
     /// CPUs the handler threads run on: handler `i` of each region on

@@ -26,6 +26,8 @@ pub(crate) struct RegionState {
     pub base: usize,
     pub len: usize,
     pub pages: u64,
+    /// Bytes in one page (the engine's page size).
+    pub unit: usize,
     pub memfd: Memfd,
     pub uffd: Uffd,
     pub mode: FaultMode,
@@ -72,10 +74,16 @@ pub(crate) fn page_hash(page: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(page)
 }
 
-/// The hash of an all-zero page.
-pub(crate) fn zero_hash() -> u128 {
-    static ZERO: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
-    *ZERO.get_or_init(|| page_hash(&[0u8; PAGE_SIZE]))
+/// The hash of an all-zero page of `unit` bytes (4 KiB or 2 MiB; computed once each, the
+/// huge one when the engine starts: see `Engine::new`).
+pub(crate) fn zero_hash(unit: usize) -> u128 {
+    static SMALL: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    static HUGE: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    if unit == PAGE_SIZE {
+        *SMALL.get_or_init(|| page_hash(&[0u8; PAGE_SIZE]))
+    } else {
+        *HUGE.get_or_init(|| page_hash(&vec![0u8; unit]))
+    }
 }
 
 /// Chunks that may still be split into mappings of their own, process-wide: half of
@@ -106,9 +114,10 @@ impl RegionState {
                 "a region needs at least one byte".into(),
             ));
         }
-        let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let pages = (len / PAGE_SIZE) as u64;
-        if pages > PageKey::MAX_PAGE {
+        let unit = shared.unit;
+        let len = len.div_ceil(unit) * unit;
+        let pages = (len / unit) as u64;
+        if pages * (unit / PAGE_SIZE) as u64 > PageKey::MAX_PAGE {
             return Err(Error::InvalidArgument(format!(
                 "a region may hold at most {} pages",
                 PageKey::MAX_PAGE
@@ -125,8 +134,13 @@ impl RegionState {
         let far_hashes = zeroed_table(pages as usize * 2).ok_or_else(no_tables)?;
         let chunk_debt =
             zeroed_table(pages.div_ceil(CHUNK_PAGES) as usize).ok_or_else(no_tables)?;
-        let memfd = Memfd::new(c"farmem-region", len)
-            .map_err(|e| Error::os("create the region's memfd", e))?;
+        let memfd = if shared.huge {
+            Memfd::new_huge(c"farmem-region", len)
+                .map_err(|e| Error::os("create the region's hugetlbfs memfd", e))?
+        } else {
+            Memfd::new(c"farmem-region", len)
+                .map_err(|e| Error::os("create the region's memfd", e))?
+        };
         let map = memfd.map(len).map_err(|e| Error::os("map the region", e))?;
         // A forked child must not inherit the mapping: without the userfaultfd
         // registration, its touches would put zero pages into the parent's page cache.
@@ -134,7 +148,11 @@ impl RegionState {
         // fork handlers give it a copy.
         map.dont_fork()
             .map_err(|e| Error::os("exclude the region from fork (MADV_DONTFORK)", e))?;
-        let mut features = uffd::feature::MISSING_SHMEM | uffd::feature::MINOR_SHMEM;
+        let mut features = if shared.huge {
+            uffd::feature::MISSING_HUGETLBFS | uffd::feature::MINOR_HUGETLBFS
+        } else {
+            uffd::feature::MISSING_SHMEM | uffd::feature::MINOR_SHMEM
+        };
         if mode == FaultMode::Sigbus {
             features |= uffd::feature::SIGBUS;
         }
@@ -152,6 +170,7 @@ impl RegionState {
             base: map.ptr() as usize,
             len,
             pages,
+            unit,
             memfd,
             uffd,
             mode,
@@ -176,12 +195,13 @@ impl RegionState {
 
     #[inline]
     pub fn page_addr(&self, page: u64) -> usize {
-        self.base + page as usize * PAGE_SIZE
+        self.base + page as usize * self.unit
     }
 
-    #[inline]
-    pub fn key(&self, page: u64) -> PageKey {
-        PageKey::new(self.id, page)
+    /// The far tier's keys of page `page`: one, or one per 4 KiB of a huge page.
+    pub fn keys(&self, page: u64) -> impl Iterator<Item = PageKey> + use<'_> {
+        let per = (self.unit / PAGE_SIZE) as u64;
+        (page * per..(page + 1) * per).map(|p| PageKey::new(self.id, p))
     }
 
     /// The checksum of the page's far copy. Read and written only under the page lock.
@@ -243,8 +263,8 @@ impl RegionState {
         for c in done..upto {
             if c % 2 == 1 {
                 let at = self.page_addr(c * CHUNK_PAGES);
-                let len = ((c + 1) * CHUNK_PAGES).min(self.pages) as usize * PAGE_SIZE
-                    - c as usize * CHUNK_PAGES as usize * PAGE_SIZE;
+                let len = ((c + 1) * CHUNK_PAGES).min(self.pages) as usize * self.unit
+                    - c as usize * CHUNK_PAGES as usize * self.unit;
                 if crate::sys::mem::split_mapping(at, len).is_err() {
                     self.split.store(c.saturating_sub(1), Relaxed);
                     return false;
@@ -266,15 +286,35 @@ impl RegionState {
     /// it in place of the parent's (which fork left out), and registers it with a new
     /// userfaultfd. Descriptor numbers stay the same, so nothing else changes.
     pub fn take_over_after_fork(&self) -> std::io::Result<()> {
-        let new = Memfd::new(c"farmem-region", self.len)?;
-        let end = self.page_addr(self.high_water()) - self.base;
-        self.memfd.copy_data_to(&new, end)?;
-        // The old file stays open in the parent.
-        self.memfd.replace_with(&new)?;
-        drop(new);
-        // SAFETY: the range fork left unmapped in the child (MADV_DONTFORK); it is this
-        // region's own address range.
-        unsafe { self.memfd.map_fixed(self.base, self.len)? };
+        if self.shared.huge {
+            // hugetlbfs has no copy_file_range: map a new file and read each resident
+            // huge page of the parent's into it.
+            let new = Memfd::new_huge(c"farmem-region", self.len)?;
+            // SAFETY: the range fork left unmapped in the child (MADV_DONTFORK); it is this
+            // region's own address range.
+            unsafe { new.map_fixed(self.base, self.len)? };
+            for p in 0..self.high_water() {
+                if self.states[p as usize].load().is_resident() {
+                    let at = self.page_addr(p);
+                    // SAFETY: one page of the mapping just made, not yet registered with
+                    // userfaultfd, which nothing else in the child uses yet.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, self.unit) };
+                    self.memfd.read_at(dst, at - self.base)?;
+                }
+            }
+            self.memfd.replace_with(&new)?;
+            drop(new);
+        } else {
+            let new = Memfd::new(c"farmem-region", self.len)?;
+            let end = self.page_addr(self.high_water()) - self.base;
+            self.memfd.copy_data_to(&new, end)?;
+            // The old file stays open in the parent.
+            self.memfd.replace_with(&new)?;
+            drop(new);
+            // SAFETY: the range fork left unmapped in the child (MADV_DONTFORK); it is this
+            // region's own address range.
+            unsafe { self.memfd.map_fixed(self.base, self.len)? };
+        }
         // The new mapping is one VMA again: chunks are split anew as the hand reaches them.
         self.split.store(0, Relaxed);
         let uffd = Uffd::new(self.uffd.features(), self.mode == FaultMode::Thread)?;

@@ -46,6 +46,13 @@ pub(crate) struct Shared {
     pub bufs: BufPool,
     pub config: Config,
     pub fault_mode: FaultMode,
+    /// Bytes in one page of every region (4 KiB, or 2 MiB with huge pages): the unit of
+    /// the state table, the budget, filling and eviction.
+    pub unit: usize,
+    /// Huge pages (`PageSize::Huge`).
+    pub huge: bool,
+    /// The huge pages taken from the kernel's pool for the budget (huge pages only).
+    pub huge_pages: Mutex<Option<crate::sys::hugepages::Reservation>>,
     pub shutdown: AtomicBool,
     /// The reclaimer thread's id (0 until it runs), so that other threads can raise its
     /// priority (`raise_reclaimer`).
@@ -73,6 +80,8 @@ impl Shared {
         fault_mode: FaultMode,
         policy: Box<dyn EvictionPolicy>,
     ) -> Result<Shared, Error> {
+        let unit = config.page_size.bytes();
+        let huge = config.page_size == crate::PageSize::Huge;
         Ok(Shared {
             frames: Frames::new(budget_pages),
             backend: config.backend.clone(),
@@ -83,9 +92,12 @@ impl Shared {
             regions: RwLock::new(Vec::new()),
             counters: Counters::default(),
             zapper: Zapper::new(),
-            bufs: BufPool::new().map_err(|e| Error::os("mmap fetch buffers", e))?,
+            bufs: BufPool::new(unit).map_err(|e| Error::os("mmap fetch buffers", e))?,
             config,
             fault_mode,
+            unit,
+            huge,
+            huge_pages: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             reclaimer_tid: AtomicI32::new(0),
             reclaimer_urgent: AtomicBool::new(false),
@@ -271,6 +283,7 @@ impl Shared {
 
     pub(crate) fn stats(&self) -> Stats {
         let mut st = Stats::from_counters(&self.counters);
+        st.page_bytes = self.unit as u64;
         st.resident_pages = self.frames.resident() as u64;
         st.budget_pages = self.frames.budget() as u64;
         let t = self.backend.stats();

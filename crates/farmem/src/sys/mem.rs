@@ -20,8 +20,25 @@ pub struct Memfd {
 impl Memfd {
     /// Creates a memfd of `len` bytes (sparse: no memory is used until pages are filled).
     pub fn new(name: &std::ffi::CStr, len: usize) -> io::Result<Memfd> {
+        Self::create(name, len, libc::MFD_CLOEXEC)
+    }
+
+    /// Creates a hugetlbfs memfd of `len` bytes (a multiple of 2 MiB) in 2 MiB pages, taken
+    /// from the kernel's huge-page pool as they are filled. It can be read with `read_at`
+    /// and punched, but not written with `write_at` (hugetlbfs has no write(2)): write
+    /// through a mapping.
+    pub fn new_huge(name: &std::ffi::CStr, len: usize) -> io::Result<Memfd> {
+        // MFD_HUGE_2MB: log2(2 MiB) in the flag's size field.
+        Self::create(
+            name,
+            len,
+            libc::MFD_CLOEXEC | libc::MFD_HUGETLB | (21 << 26),
+        )
+    }
+
+    fn create(name: &std::ffi::CStr, len: usize, flags: libc::c_uint) -> io::Result<Memfd> {
         // SAFETY: name is NUL-terminated; flags are plain integers.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -146,7 +163,9 @@ impl Memfd {
                 addr as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
+                // NORESERVE: a hugetlbfs file would otherwise reserve huge pages for all
+                // of `len` at once.
+                libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_NORESERVE,
                 self.fd.as_raw_fd(),
                 0,
             )

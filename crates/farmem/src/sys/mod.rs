@@ -4,6 +4,7 @@
 //! itself (wasmtime's `sys/` habit).
 
 pub mod event;
+pub mod hugepages;
 pub mod mem;
 pub mod net;
 pub mod raw;

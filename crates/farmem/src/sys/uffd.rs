@@ -85,6 +85,10 @@ pub mod feature {
     pub const SIGBUS: u64 = 1 << 7;
     /// Minor faults on shared memory.
     pub const MINOR_SHMEM: u64 = 1 << 10;
+    /// hugetlbfs may be registered for missing faults.
+    pub const MISSING_HUGETLBFS: u64 = 1 << 4;
+    /// Minor faults on hugetlbfs.
+    pub const MINOR_HUGETLBFS: u64 = 1 << 9;
     /// Report the exact faulting address, not the page-aligned one.
     pub const EXACT_ADDRESS: u64 = 1 << 11;
 }
