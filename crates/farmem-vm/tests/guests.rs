@@ -392,8 +392,8 @@ fn every_guest_verifies_its_memory_in_2_mib_pages_with_a_tenth_local() {
     // at 76 MiB it alone outgrows four huge pages, and every insert would move 2 MiB
     // (162 s); at 16 MiB the table is one huge page.
     for (workload, size, ops, says) in [
-        (Workload::Sort, 76 << 20, 0, "sorted and verified"),
-        (Workload::Random, 76 << 20, 1_000, "1000 updates over"),
+        (Workload::Sort, 40 << 20, 0, "sorted and verified"),
+        (Workload::Random, 40 << 20, 1_000, "1000 updates over"),
         (Workload::Kv, 16 << 20, 2_000, "gets verified"),
     ] {
         let spec = GuestSpec {

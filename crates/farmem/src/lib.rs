@@ -62,10 +62,10 @@ pub enum PageSize {
     #[default]
     Small,
     /// 2 MiB huge pages of a hugetlbfs memfd: one fault brings in 2 MiB, eviction writes
-    /// out 2 MiB. The engine reserves the huge pages its budget needs from the kernel
-    /// (`/proc/sys/vm/nr_hugepages`) and gives them back when it is dropped. Thread fault
-    /// mode only; no prefetcher beyond the page itself, no accessed bits (the hand tests
-    /// pages by unmapping them).
+    /// out 2 MiB. The pages come from the kernel's surplus pool, which the engine makes
+    /// room in for its budget (`sys::hugepages`). Thread fault mode only; no prefetcher
+    /// beyond the page itself, no accessed bits (the hand tests pages by unmapping them);
+    /// the budget is at least four pages.
     Huge,
 }
 
