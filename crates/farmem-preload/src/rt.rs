@@ -479,7 +479,7 @@ fn stats_loop(secs: f64) {
         std::thread::sleep(std::time::Duration::from_secs_f64(secs));
         let Some(rt) = rt() else { return };
         let s = rt.engine.stats();
-        let mib = |p: u64| p as f64 * 4096.0 / (1 << 20) as f64;
+        let mib = |p: u64| p as f64 * s.page_bytes as f64 / (1 << 20) as f64;
         let line = format!(
             "farmem: {:.0}s resident {:.1}/{:.1} MiB, faults {} ({} major), fetched {}, prefetched {}, evicted {}, far {:.1} MiB, major p50 {:.1} us p99 {:.1} us\n",
             t0.elapsed().as_secs_f64(),

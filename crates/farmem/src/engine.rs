@@ -201,6 +201,12 @@ impl Engine {
         };
         let fault_mode = resolve_mode(config.fault_mode)?;
         if config.page_size == PageSize::Huge {
+            // MADV_DONTNEED on hugetlbfs mappings (eviction, the CLOCK test) came in 5.18.
+            if !crate::sys::mem::kernel_at_least(5, 18) {
+                return Err(Error::Unsupported(
+                    "2 MiB pages need Linux 5.18 or newer (MADV_DONTNEED on hugetlbfs)".into(),
+                ));
+            }
             let need = uffd::feature::MISSING_HUGETLBFS | uffd::feature::MINOR_HUGETLBFS;
             if uffd::probe_features().map_err(Error::userfaultfd)? & need != need {
                 return Err(Error::Unsupported(
@@ -365,15 +371,8 @@ impl Engine {
     /// frees the session). The engine keeps working until the process ends.
     pub fn before_exit(&self) {
         self.shared.backend.before_exit();
-        // Huge pages this engine added to the kernel's pool go back to it (pages still in
-        // use become surplus pages, freed when the process's memory is).
-        drop(
-            self.shared
-                .huge_pages
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        // The surplus huge pages are freed with the process's memory; the limit raised for
+        // them stays (the engine keeps working until the end, and may still need room).
     }
 }
 

@@ -116,7 +116,10 @@ fn unmap_unpinned(r: &RegionState, pins: &[(usize, usize)]) {
     let mut at = r.base;
     let mut iov = Vec::new();
     for &(s, e) in pins {
-        let (s, e) = (s.max(r.base), e.min(end));
+        // Whole pages stay mapped (2 MiB ones cannot be unmapped in part).
+        let s = r.base + (s.max(r.base) - r.base) / r.unit * r.unit;
+        let e = r.base + (e.min(end).max(r.base) - r.base).next_multiple_of(r.unit);
+        let (s, e) = (s, e.min(end));
         if s >= e || e <= at {
             continue;
         }

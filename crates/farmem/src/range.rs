@@ -16,8 +16,10 @@ pub(crate) fn prefetch_range(r: &RegionState, first: u64, end: u64) {
     let end = end.min(first + limit);
     let mut p = first;
     let mut cands = [0u64; BATCH_PAGES - 1];
+    // As many pages as one fetch buffer holds (one, with 2 MiB pages).
+    let per = r.shared.batch_pages().min(cands.len());
     while p < end {
-        let chunk_end = (p + cands.len() as u64).min(end);
+        let chunk_end = (p + per as u64).min(end);
         // Pages still far after a pass were skipped because they were locked (being
         // evicted, say) or no frame could be freed for them just then: try again a few
         // times, since the application asked for them explicitly.

@@ -708,3 +708,53 @@ fn custom_policy_and_prefetcher_plug_in() {
     // loaded machine), so the bound leaves room.
     assert!(st.prefetch_hits >= 85 && st.major_faults <= 20, "{st}");
 }
+
+/// 2 MiB pages: data survives eviction, a discard of part of a huge page zeroes exactly
+/// that part, and an explicit prefetch brings in a whole range of huge pages (not one per
+/// batch of 4 KiB candidates).
+#[test]
+fn huge_pages_keep_data_discard_exactly_and_prefetch_ranges() {
+    const HUGE: usize = 2 << 20;
+    let e = match Engine::builder()
+        .local_budget(16 * HUGE)
+        .page_size(farmem::PageSize::Huge)
+        .build()
+    {
+        Ok(e) => e,
+        Err(err) => {
+            eprintln!("skipped: 2 MiB pages are not available here: {err}");
+            return;
+        }
+    };
+    let r = e.map(40 * HUGE).unwrap();
+    assert_eq!(r.page_bytes(), HUGE);
+    let pages = 40 * HUGE / PAGE;
+    for p in 0..pages {
+        write_u64(&r, p, 0x5eed_0000 + p as u64);
+    }
+    for p in 0..pages {
+        assert_eq!(read_u64(&r, p), 0x5eed_0000 + p as u64, "page {p}");
+    }
+    assert!(e.stats().evicted_pages >= 24, "{}", e.stats());
+    // Discard 3 x 4 KiB in the middle of huge page 5: exactly those read as zeros.
+    let first = 5 * HUGE / PAGE + 7;
+    r.discard(first * PAGE, 3 * PAGE).unwrap();
+    for p in first - 1..first + 4 {
+        let want = if (first..first + 3).contains(&p) {
+            0
+        } else {
+            0x5eed_0000 + p as u64
+        };
+        assert_eq!(read_u64(&r, p), want, "page {p}");
+    }
+    // Evict everything, then prefetch eight huge pages at once (half the budget, the most
+    // one call brings in).
+    r.advise(0, 40 * HUGE, farmem::Advice::DontNeed).unwrap();
+    let before = e.stats().fetched_pages;
+    r.prefetch(8 * HUGE, 8 * HUGE).unwrap();
+    assert_eq!(e.stats().fetched_pages - before, 8, "{}", e.stats());
+    assert_eq!(
+        read_u64(&r, 9 * HUGE / PAGE),
+        0x5eed_0000 + (9 * HUGE / PAGE) as u64
+    );
+}

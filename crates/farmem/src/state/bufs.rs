@@ -34,6 +34,11 @@ impl BufPool {
         })
     }
 
+    /// Bytes in one buffer.
+    pub(crate) fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
     pub(crate) fn acquire(&self) -> PoolBuf<'_> {
         loop {
             let cur = self.free.load(Acquire);

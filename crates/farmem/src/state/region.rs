@@ -302,6 +302,17 @@ impl RegionState {
                     self.memfd.read_at(dst, at - self.base)?;
                 }
             }
+            // The copies were mapped by writing them: unmap them again, so that page
+            // states and mappings agree (an INACTIVE page must be unmapped before it is
+            // evicted; an ACTIVE one is mapped again by its next touch).
+            let end = self.page_addr(self.high_water()) - self.base;
+            if end > 0 {
+                let iov = [libc::iovec {
+                    iov_base: self.base as *mut libc::c_void,
+                    iov_len: end,
+                }];
+                self.shared.zapper.zap(&iov)?;
+            }
             self.memfd.replace_with(&new)?;
             drop(new);
         } else {

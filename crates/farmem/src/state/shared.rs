@@ -105,6 +105,11 @@ impl Shared {
         })
     }
 
+    /// Pages one fetch or eviction batch holds: `BATCH_PAGES` of 4 KiB, one of 2 MiB.
+    pub(crate) fn batch_pages(&self) -> usize {
+        (self.bufs.slot_bytes() / self.unit).min(crate::state::bufs::BATCH_PAGES)
+    }
+
     /// A prefetcher for a new region: the one chosen last, or the configuration's.
     pub(crate) fn new_prefetcher(&self) -> Box<dyn Prefetcher> {
         let now = *self.prefetch_now.lock().unwrap_or_else(|e| e.into_inner());

@@ -119,12 +119,14 @@ fn add(pages: usize) -> Result<usize, String> {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        // The claim and the limit go down together, under the locks `add` takes, so that
+        // no other engine counts room that is about to go.
+        let _g = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = FileLock::new();
         CLAIMED.fetch_sub(self.pages, Relaxed);
-        if self.added == 0 {
+        if self.added == 0 || lock.is_err() {
             return;
         }
-        let _g = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
-        let Ok(_lock) = FileLock::new() else { return };
         if let Ok(limit) = read_count(OVERCOMMIT) {
             let _ = std::fs::write(OVERCOMMIT, limit.saturating_sub(self.added).to_string());
         }

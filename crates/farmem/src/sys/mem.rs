@@ -488,3 +488,17 @@ pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
+
+/// Whether the running kernel is at least `major.minor` (from
+/// /proc/sys/kernel/osrelease; false if it cannot be read).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(r) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = r
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
