@@ -85,7 +85,8 @@ pub enum PageStatus {
 pub trait ResidentView {
     /// The page's status.
     fn status(&self, page: PageRef) -> PageStatus;
-    /// Takes the page as a victim. Returns false if it changed state meanwhile.
+    /// Takes the page as a victim. Returns false if it changed state meanwhile, or if the
+    /// selection already has as many victims as it asked for.
     fn evict(&mut self, page: PageRef) -> bool;
     /// One pass of a clock hand over `[first, end)` of `region` (at most one chunk,
     /// starting at a multiple of [`CHUNK_PAGES`]): sets in `cold` (bit `i` for page

@@ -12,6 +12,8 @@ use std::sync::Arc;
 pub(super) struct View<'a> {
     regions: &'a [Option<Arc<RegionState>>],
     victims: Vec<Victim>,
+    /// The most victims the caller's buffer holds: a policy that asks for more is refused.
+    want: usize,
     shared: &'a Shared,
 }
 
@@ -24,6 +26,7 @@ impl<'a> View<'a> {
         View {
             regions,
             victims: Vec::with_capacity(want),
+            want,
             shared,
         }
     }
@@ -63,6 +66,9 @@ impl ResidentView for View<'_> {
     }
 
     fn evict(&mut self, p: PageRef) -> bool {
+        if self.victims.len() >= self.want {
+            return false;
+        }
         let Some(r) = self.region(p.region, p.page) else {
             return false;
         };
