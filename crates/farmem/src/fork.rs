@@ -183,11 +183,16 @@ pub fn child() {
     for s in &engines {
         // The parent's huge pages are the parent's to give back; the child's copy of the
         // resident ones needs its own.
-        let mut held = s.huge_pages.lock().unwrap_or_else(|e| e.into_inner());
+        // A thread of the parent that held this lock at the fork does not exist here.
+        let mut held = match s.huge_pages.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => continue,
+        };
         if let Some(r) = held.take() {
             let pages = r.pages();
             r.forget_in_child();
-            match crate::sys::hugepages::Reservation::take(pages) {
+            match crate::sys::hugepages::Reservation::take_in_child(pages) {
                 Ok(mine) => *held = Some(mine),
                 Err(e) => crate::sys::signal::fatal(&[
                     b"farmem: fatal: after fork: the child's copy of its 2 MiB pages: ",

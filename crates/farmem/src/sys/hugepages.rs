@@ -58,12 +58,22 @@ impl Reservation {
     /// Makes room for `pages` huge pages for this engine; the error says what was
     /// missing.
     pub fn take(pages: usize) -> Result<Reservation, String> {
+        let _g = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+        let added = add(pages)?;
+        Ok(Reservation { pages, added })
+    }
+
+    /// `take` in a forked child, which runs alone: a thread of the parent that held this
+    /// process's lock at the fork does not exist here, so the lock is not waited for.
+    pub fn take_in_child(pages: usize) -> Result<Reservation, String> {
+        let _g = IN_PROCESS.try_lock();
         let added = add(pages)?;
         Ok(Reservation { pages, added })
     }
 
     /// Makes this reservation stand for `pages` (more than now: a larger budget).
     pub fn grow(&mut self, pages: usize) -> Result<(), String> {
+        let _g = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
         if pages > self.pages {
             self.added += add(pages - self.pages)?;
             self.pages = pages;
@@ -85,8 +95,8 @@ impl Reservation {
 }
 
 /// Makes room for `pages` more huge pages; returns how much it raised the surplus limit.
+/// The caller holds `IN_PROCESS`.
 fn add(pages: usize) -> Result<usize, String> {
-    let _g = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     let _lock = FileLock::new().map_err(|e| format!("cannot lock {LOCK}: {e}"))?;
     let claimed = CLAIMED.load(Relaxed);
     let free = hp("free_hugepages")?.saturating_sub(hp("resv_hugepages")?);
