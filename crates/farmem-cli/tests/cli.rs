@@ -485,17 +485,7 @@ fn farmem_ctl_changes_a_running_guests_budget() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let ctl = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_farmem"))
-            .arg("ctl")
-            .arg(s)
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "ctl {args:?}: {err}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ctl = |args: &[&str]| ctl(s, args);
     let num = |json: &str, key: &str| -> u64 {
         let at = json
             .find(&format!("\"{key}\":"))
@@ -574,20 +564,7 @@ fn farmem_ctl_changes_a_running_programs_budget() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let ctl = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_farmem"))
-            .arg("ctl")
-            .arg(s)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ctl = |args: &[&str]| ctl(s, args);
     assert_eq!(ctl(&["budget"]).trim(), "8.00 MiB");
     assert_eq!(
         ctl(&["budget", "32M"]).trim(),
@@ -625,12 +602,7 @@ fn farmem_ctl_changes_a_running_programs_budget() {
 /// wrote.
 #[test]
 fn farmem_vm_boots_a_linux_kernel_as_far_as_the_machine_allows() {
-    let kernel = std::fs::read_dir("/boot").ok().and_then(|d| {
-        d.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-    });
+    let kernel = installed_kernel();
     let (Some(kernel), true) = (kernel, std::path::Path::new("/dev/kvm").exists()) else {
         eprintln!(
             "skipped: no /dev/kvm or no /boot/vmlinuz-* (apt-get install linux-image-cloud-amd64)"
@@ -713,12 +685,7 @@ fn farmem_vm_boots_a_linux_kernel_as_far_as_the_machine_allows() {
 /// success through QEMU's debug-exit port.
 #[test]
 fn qemu_runs_under_farmem_with_its_guest_ram_far() {
-    let kernel = std::fs::read_dir("/boot").ok().and_then(|d| {
-        d.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-    });
+    let kernel = installed_kernel();
     let qemu = std::path::Path::new("/usr/bin/qemu-system-x86_64");
     let Some(kernel) = kernel.filter(|_| qemu.exists()) else {
         eprintln!("skipped: needs qemu-system-x86 and linux-image-cloud-amd64");
@@ -781,4 +748,29 @@ fn qemu_runs_under_farmem_with_its_guest_ram_far() {
         .unwrap_or_else(|| panic!("no heap line in the stats: {err}"));
     assert!(far_mib > 100.0, "QEMU's guest RAM was not paged: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `farmem ctl SOCKET ARGS...`, which must succeed; its stdout.
+fn ctl(socket: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_farmem"))
+        .arg("ctl")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ctl {args:?}: {err}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Linux bzImage installed in /boot (Debian's linux-image-cloud-amd64), if any.
+fn installed_kernel() -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
 }

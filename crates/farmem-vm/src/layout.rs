@@ -97,13 +97,26 @@ pub(crate) fn entry_regs(regs: &mut kvm_regs, index: u32) {
 /// 64-bit mode from the first instruction, in ring 3: paging with the tables `lay_out`
 /// wrote (user pages), flat privilege-3 segments from the GDT, no interrupts.
 pub(crate) fn long_mode(sregs: &mut kvm_sregs) {
+    flat_long_mode(sregs, 3, (0x8, 0x10), (GDT_ADDR, 3), PML4_ADDR);
+}
+
+/// Paging on with the page tables at `cr3`, 64-bit mode, and flat code and data
+/// segments of privilege `dpl` at GDT selectors `code` and `data` (the GDT at
+/// `gdt.0`, `gdt.1` entries long). Shared by the minimal guest and Linux's entry state.
+pub(crate) fn flat_long_mode(
+    sregs: &mut kvm_sregs,
+    dpl: u8,
+    (code, data): (u16, u16),
+    gdt: (u64, u16),
+    cr3: u64,
+) {
     let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
-        selector: selector | 3,
+        selector: selector | dpl as u16,
         type_,
         present: 1,
-        dpl: 3,
+        dpl,
         db,
         s: 1,
         l,
@@ -112,16 +125,16 @@ pub(crate) fn long_mode(sregs: &mut kvm_sregs) {
         unusable: 0,
         padding: 0,
     };
-    sregs.cs = seg(0x8, 0xb, 1, 0);
-    let data = seg(0x10, 0x3, 0, 1);
+    sregs.cs = seg(code, 0xb, 1, 0);
+    let data = seg(data, 0x3, 0, 1);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = 3 * 8 - 1;
-    sregs.cr3 = PML4_ADDR;
+    sregs.gdt.base = gdt.0;
+    sregs.gdt.limit = gdt.1 * 8 - 1;
+    sregs.cr3 = cr3;
     sregs.cr4 |= 1 << 5; // PAE
     sregs.cr0 |= 1 | (1 << 4) | (1 << 31); // PE, ET, PG
     sregs.efer |= (1 << 8) | (1 << 10); // LME, LMA

@@ -132,26 +132,25 @@ pub struct Machine {
 /// (`Builder::handler_cpus`) to entry `i`. A vCPU's fault then wakes a handler on its own
 /// CPU; on this project's machine, a cross-CPU wake-up costs 20-70 us.
 pub fn vcpu_cpus(cpus: u32) -> Result<Vec<usize>, VmError> {
-    let allowed = farmem::sys::sched::allowed_cpus()
-        .map_err(|e| VmError::Config(format!("cannot read this process's CPUs: {e}")))?;
-    if allowed.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok((0..cpus as usize)
-        .map(|i| allowed[i % allowed.len()])
-        .collect())
+    cpus_from(cpus, 0)
 }
 
 /// The CPUs for `cpus` busy-polling handler threads: the ones after the vCPUs' (see
 /// [`vcpu_cpus`]), so that a spinning handler does not take its vCPU's CPU.
 pub fn poller_cpus(cpus: u32) -> Result<Vec<usize>, VmError> {
+    cpus_from(cpus, cpus as usize)
+}
+
+/// `n` of the CPUs this process may run on, from the `skip`-th on, round the list.
+fn cpus_from(n: u32, skip: usize) -> Result<Vec<usize>, VmError> {
     let allowed = farmem::sys::sched::allowed_cpus()
         .map_err(|e| VmError::Config(format!("cannot read this process's CPUs: {e}")))?;
     if allowed.is_empty() {
         return Ok(Vec::new());
     }
-    let n = cpus as usize;
-    Ok((0..n).map(|i| allowed[(n + i) % allowed.len()]).collect())
+    Ok((0..n as usize)
+        .map(|i| allowed[(skip + i) % allowed.len()])
+        .collect())
 }
 
 impl Machine {

@@ -22,7 +22,7 @@
 //! emulation failure with the console's last lines. See DESIGN.md, "Virtual machines".
 
 use crate::VmError;
-use kvm_bindings::{kvm_fpu, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_fpu, kvm_pit_config, kvm_regs, kvm_sregs};
 use kvm_ioctls::{VcpuFd, VmFd};
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::cmdline::Cmdline;
@@ -191,36 +191,9 @@ pub(crate) fn set_up_board(vm: &VmFd) -> Result<vmm_sys_util::eventfd::EventFd, 
 pub(crate) fn set_up_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), VmError> {
     let kvm = |what: &'static str| move |err| VmError::Kvm { what, err };
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(kvm("to read sregs"))?;
-    let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    sregs.cs = seg(0x10, 0xb, 1, 0);
-    let data = seg(0x18, 0x3, 0, 1);
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = 4 * 8 - 1;
+    crate::layout::flat_long_mode(&mut sregs, 0, (0x10, 0x18), (GDT_ADDR, 4), PML4);
     sregs.idt.base = IDT_ADDR;
     sregs.idt.limit = 7;
-    sregs.cr3 = PML4;
-    sregs.cr4 |= 1 << 5; // PAE
-    sregs.cr0 |= 1 | (1 << 4) | (1 << 31); // PE, ET, PG
-    sregs.efer |= (1 << 8) | (1 << 10); // LME, LMA
     vcpu.set_sregs(&sregs).map_err(kvm("long mode"))?;
     let fpu = kvm_fpu {
         fcw: 0x37f,

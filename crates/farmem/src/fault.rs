@@ -52,21 +52,28 @@ pub(crate) fn handler_loop(r: &RegionState, stop: i32) {
         if ready[1] {
             return;
         }
-        let n = match r.uffd.read_msgs(&mut msgs) {
-            Ok(n) => n,
-            Err(e) => crate::fatal::die_io("reading the userfaultfd failed", &e),
-        };
-        for m in &msgs[..n] {
-            if m.event == uffd::EVENT_PAGEFAULT {
-                resolve(
-                    r,
-                    m.address as usize,
-                    m.flags & uffd::PAGEFAULT_FLAG_WRITE != 0,
-                    true,
-                );
-            }
+        serve_msgs(r, &mut msgs);
+    }
+}
+
+/// Reads what fault messages the userfaultfd has (up to `msgs.len()`, without waiting)
+/// and resolves them; returns how many it read.
+fn serve_msgs(r: &RegionState, msgs: &mut [UffdMsg]) -> usize {
+    let n = match r.uffd.read_msgs(msgs) {
+        Ok(n) => n,
+        Err(e) => crate::fatal::die_io("reading the userfaultfd failed", &e),
+    };
+    for m in &msgs[..n] {
+        if m.event == uffd::EVENT_PAGEFAULT {
+            resolve(
+                r,
+                m.address as usize,
+                m.flags & uffd::PAGEFAULT_FLAG_WRITE != 0,
+                true,
+            );
         }
     }
+    n
 }
 
 /// A handler thread that never sleeps: reads the (non-blocking) userfaultfd in a loop,
@@ -74,27 +81,12 @@ pub(crate) fn handler_loop(r: &RegionState, stop: i32) {
 fn busy_loop(r: &RegionState, stop: i32, msgs: &mut [UffdMsg]) {
     let mut empty = 0u32;
     loop {
-        let n = match r.uffd.read_msgs(msgs) {
-            Ok(n) => n,
-            Err(e) => crate::fatal::die_io("reading the userfaultfd failed", &e),
-        };
-        if n == 0 {
+        if serve_msgs(r, msgs) == 0 {
             empty += 1;
             if empty.is_multiple_of(4096) && crate::sys::event::wait_readable_for(stop, 0) {
                 return;
             }
             std::hint::spin_loop();
-            continue;
-        }
-        for m in &msgs[..n] {
-            if m.event == uffd::EVENT_PAGEFAULT {
-                resolve(
-                    r,
-                    m.address as usize,
-                    m.flags & uffd::PAGEFAULT_FLAG_WRITE != 0,
-                    true,
-                );
-            }
         }
     }
 }

@@ -58,19 +58,7 @@ pub unsafe extern "C" fn mmap64(
 }
 
 fn far_candidate(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int) -> bool {
-    let want = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    let refuse = libc::MAP_SHARED
-        | libc::MAP_FIXED
-        | libc::MAP_FIXED_NOREPLACE
-        | libc::MAP_GROWSDOWN
-        | libc::MAP_HUGETLB
-        | libc::MAP_STACK;
-    rt::ready()
-        && addr.is_null()
-        && flags & want == want
-        && flags & refuse == 0
-        && prot == libc::PROT_READ | libc::PROT_WRITE
-        && len >= rt::MMAP_THRESHOLD.load(Relaxed)
+    prot == libc::PROT_READ | libc::PROT_WRITE && large_private_anonymous(addr, len, flags)
 }
 
 /// A large anonymous PROT_NONE reservation, which `farmem run --take-reserved` turns into
@@ -78,6 +66,14 @@ fn far_candidate(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int) -> b
 /// MAP_FIXED (see `fixed_in_heap`). The block is readable and writable from the start (a
 /// far region cannot be PROT_NONE in parts), so a guard page in it does not trap.
 fn reservation(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int) -> bool {
+    prot == libc::PROT_NONE
+        && rt::TAKE_RESERVED.load(Relaxed)
+        && large_private_anonymous(addr, len, flags)
+}
+
+/// A new anonymous private mapping of at least the threshold, placed by the kernel,
+/// with nothing special asked of it: what the far heap may stand in for.
+fn large_private_anonymous(addr: *mut c_void, len: size_t, flags: c_int) -> bool {
     let want = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     let refuse = libc::MAP_SHARED
         | libc::MAP_FIXED
@@ -86,11 +82,9 @@ fn reservation(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int) -> boo
         | libc::MAP_HUGETLB
         | libc::MAP_STACK;
     rt::ready()
-        && rt::TAKE_RESERVED.load(Relaxed)
         && addr.is_null()
         && flags & want == want
         && flags & refuse == 0
-        && prot == libc::PROT_NONE
         && len >= rt::MMAP_THRESHOLD.load(Relaxed)
 }
 
