@@ -240,7 +240,7 @@ impl Engine {
 
     /// The local budget in bytes.
     pub fn budget(&self) -> usize {
-        self.shared.frames.budget() * self.shared.unit
+        self.shared.frames.budget() * self.shared.unit()
     }
 
     /// The page size regions of this engine use.
@@ -251,7 +251,7 @@ impl Engine {
     /// Changes the budget while regions are in use. Shrinking evicts down to the new
     /// budget before returning; growing lets more pages stay resident.
     pub fn set_budget(&self, bytes: usize) -> Result<(), Error> {
-        let unit = self.shared.unit;
+        let unit = self.shared.unit();
         let pages = bytes / unit;
         let min = min_budget(self.shared.config.page_size);
         if pages < min {

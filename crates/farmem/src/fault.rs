@@ -145,7 +145,7 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                 // touched. A prefetched page's touch is a prefetch hit instead (below).
                 let mut run = [s; MAX_LOCAL_RUN];
                 let mut n = 1;
-                if !s.prefetched() && !r.shared.huge {
+                if !s.prefetched() && !r.shared.huge() {
                     // The upcall's objects only (see `PrefetchRequest::is_local_touch`).
                     let mut objects = Candidates::new();
                     upcall(r, addr, false, true, &mut objects, &mut Candidates::new());
@@ -260,7 +260,7 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
     drop(buf);
     let sequential = page == r.zero_next.load(Relaxed);
     let below = page > 0 && r.states[page as usize - 1].load().is_resident();
-    let window = if shared.huge {
+    let window = if shared.huge() {
         // A huge page is a run of its own.
         1
     } else if sequential {
@@ -291,7 +291,7 @@ fn zero_fill(r: &RegionState, page: u64, s: State) {
     let n = 1 + extra;
     r.zero_next.store(page + n as u64, Relaxed);
     r.note_touched(page + n as u64 - 1);
-    let filled = if r.shared.huge {
+    let filled = if r.shared.huge() {
         // hugetlbfs has no UFFDIO_ZEROPAGE: copy from zeros.
         // SAFETY: `huge_zeros` is a read-only run of zeros at least a page long, outside
         // every registered range.
@@ -369,7 +369,7 @@ fn gather(
     hit: bool,
     out: &mut Candidates,
 ) -> usize {
-    if r.shared.huge {
+    if r.shared.huge() {
         // A huge page is its own prefetch.
         return 0;
     }
@@ -573,7 +573,7 @@ fn install(
             anchor_in_batch && anchor.is_some_and(|a| pages[i] <= a && a <= pages[j - 1]);
         // Huge pages are never installed unmapped: hugetlbfs cannot be written around
         // the mapping (no pwrite), and a 2 MiB page is its own prefetch.
-        let can_mark = |k: usize| !r.shared.huge && !whole.contains(&pages[k]);
+        let can_mark = |k: usize| !r.shared.huge() && !whole.contains(&pages[k]);
         let marker = match anchor {
             _ if j - i == 1 => (!has_anchor && can_mark(i)).then_some(i),
             Some(a) if pages[j - 1].abs_diff(a) >= pages[i].abs_diff(a) => {
@@ -597,7 +597,7 @@ fn install(
         for k in i..j {
             let generation = next_gen(states[k]);
             let next = if Some(k) == marker {
-                debug_assert!(!r.shared.huge, "no markers with huge pages (no prefetch)");
+                debug_assert!(!r.shared.huge(), "no markers with huge pages (no prefetch)");
                 if let Err(e) = r.memfd.write_at(
                     &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE],
                     pages[k] as usize * PAGE_SIZE,

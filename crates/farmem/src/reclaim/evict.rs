@@ -65,7 +65,7 @@ pub(crate) fn evict_locked(s: &Shared, victims: Vec<Victim>, scratch: &mut [u8])
 /// their frames.
 fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     let n = victims.len();
-    let u = s.unit;
+    let u = s.unit();
     debug_assert!(n <= BATCH_PAGES && n * u <= scratch.len());
     let mut hashes = [0u128; BATCH_PAGES];
     // Far-tier keys of the dirty pages: one per 4 KiB (a batch of small pages, or the 512

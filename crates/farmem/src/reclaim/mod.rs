@@ -45,7 +45,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>) -> std::io::Result<std::thread::JoinHa
 
 fn reclaimer_loop(s: &Shared) {
     s.become_reclaimer();
-    let map = match Mapping::anon((BATCH_PAGES * PAGE_SIZE).max(s.unit)) {
+    let map = match Mapping::anon((BATCH_PAGES * PAGE_SIZE).max(s.unit())) {
         Ok(m) => m,
         Err(e) => crate::fatal::die_io("could not map the reclaimer's buffer", &e),
     };
@@ -95,7 +95,7 @@ fn reclaimer_loop(s: &Shared) {
 /// Chooses and evicts up to `want` pages (fewer if `scratch` holds fewer); returns the
 /// frames freed.
 pub(crate) fn evict_some(s: &Shared, want: usize, scratch: &mut [u8]) -> usize {
-    let want = want.min(BATCH_PAGES).min(scratch.len() / s.unit);
+    let want = want.min(BATCH_PAGES).min(scratch.len() / s.unit());
     let victims = {
         let regions = s.regions.read().unwrap_or_else(|e| e.into_inner());
         let mut view = View::new(s, &regions, want);

@@ -114,7 +114,7 @@ impl RegionState {
                 "a region needs at least one byte".into(),
             ));
         }
-        let unit = shared.unit;
+        let unit = shared.unit();
         let len = len.div_ceil(unit) * unit;
         let pages = (len / unit) as u64;
         if pages * (unit / PAGE_SIZE) as u64 > PageKey::MAX_PAGE {
@@ -134,7 +134,7 @@ impl RegionState {
         let far_hashes = zeroed_table(pages as usize * 2).ok_or_else(no_tables)?;
         let chunk_debt =
             zeroed_table(pages.div_ceil(CHUNK_PAGES) as usize).ok_or_else(no_tables)?;
-        let memfd = if shared.huge {
+        let memfd = if shared.huge() {
             Memfd::new_huge(c"farmem-region", len)
                 .map_err(|e| Error::os("create the region's hugetlbfs memfd", e))?
         } else {
@@ -148,7 +148,7 @@ impl RegionState {
         // fork handlers give it a copy.
         map.dont_fork()
             .map_err(|e| Error::os("exclude the region from fork (MADV_DONTFORK)", e))?;
-        let mut features = if shared.huge {
+        let mut features = if shared.huge() {
             uffd::feature::MISSING_HUGETLBFS | uffd::feature::MINOR_HUGETLBFS
         } else {
             uffd::feature::MISSING_SHMEM | uffd::feature::MINOR_SHMEM
@@ -286,7 +286,7 @@ impl RegionState {
     /// it in place of the parent's (which fork left out), and registers it with a new
     /// userfaultfd. Descriptor numbers stay the same, so nothing else changes.
     pub fn take_over_after_fork(&self) -> std::io::Result<()> {
-        if self.shared.huge {
+        if self.shared.huge() {
             // hugetlbfs has no copy_file_range: map a new file and read each resident
             // huge page of the parent's into it.
             let new = Memfd::new_huge(c"farmem-region", self.len)?;

@@ -46,11 +46,6 @@ pub(crate) struct Shared {
     pub bufs: BufPool,
     pub config: Config,
     pub fault_mode: FaultMode,
-    /// Bytes in one page of every region (4 KiB, or 2 MiB with huge pages): the unit of
-    /// the state table, the budget, filling and eviction.
-    pub unit: usize,
-    /// Huge pages (`PageSize::Huge`).
-    pub huge: bool,
     /// The huge pages taken from the kernel's pool for the budget (huge pages only).
     pub huge_pages: Mutex<Option<crate::sys::hugepages::Reservation>>,
     pub shutdown: AtomicBool,
@@ -81,7 +76,6 @@ impl Shared {
         policy: Box<dyn EvictionPolicy>,
     ) -> Result<Shared, Error> {
         let unit = config.page_size.bytes();
-        let huge = config.page_size == crate::PageSize::Huge;
         Ok(Shared {
             frames: Frames::new(budget_pages),
             backend: config.backend.clone(),
@@ -95,8 +89,6 @@ impl Shared {
             bufs: BufPool::new(unit).map_err(|e| Error::os("mmap fetch buffers", e))?,
             config,
             fault_mode,
-            unit,
-            huge,
             huge_pages: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             reclaimer_tid: AtomicI32::new(0),
@@ -105,9 +97,22 @@ impl Shared {
         })
     }
 
+    /// Bytes in one page of every region (4 KiB, or 2 MiB with huge pages): the unit of
+    /// the state table, the budget, filling and eviction.
+    #[inline]
+    pub(crate) fn unit(&self) -> usize {
+        self.config.page_size.bytes()
+    }
+
+    /// Whether pages are 2 MiB huge pages (`PageSize::Huge`).
+    #[inline]
+    pub(crate) fn huge(&self) -> bool {
+        self.config.page_size == crate::PageSize::Huge
+    }
+
     /// Pages one fetch or eviction batch holds: `BATCH_PAGES` of 4 KiB, one of 2 MiB.
     pub(crate) fn batch_pages(&self) -> usize {
-        (self.bufs.slot_bytes() / self.unit).min(crate::state::bufs::BATCH_PAGES)
+        (self.bufs.slot_bytes() / self.unit()).min(crate::state::bufs::BATCH_PAGES)
     }
 
     /// A prefetcher for a new region: the one chosen last, or the configuration's.
@@ -288,7 +293,7 @@ impl Shared {
 
     pub(crate) fn stats(&self) -> Stats {
         let mut st = Stats::from_counters(&self.counters);
-        st.page_bytes = self.unit as u64;
+        st.page_bytes = self.unit() as u64;
         st.resident_pages = self.frames.resident() as u64;
         st.budget_pages = self.frames.budget() as u64;
         let t = self.backend.stats();
