@@ -36,8 +36,12 @@ pub struct RunArgs {
     /// `--allocator list` describes them.
     #[arg(long, value_name = "NAME", env = "FARMEM_ALLOCATOR", default_value_t = farmem::heap::HeapKind::default().to_string())]
     pub allocator: String,
-    /// Prefetcher: none, readahead or majority.
-    #[arg(long, value_name = "NAME", default_value = "readahead")]
+    /// Prefetchers, comma-separated: one of none, readahead and majority, and `pointer`
+    /// to chase pointers: a fault follows the faulting thread's registers and the
+    /// faulting block's words to the far heap blocks they point at (through the
+    /// allocator's block table) and fetches them with it (`readahead,pointer`; `pointer`
+    /// alone: no readahead).
+    #[arg(long, value_name = "LIST", default_value = "readahead")]
     pub prefetch: String,
     /// Eviction policy: clock or fifo.
     #[arg(long, value_name = "NAME", default_value = "clock")]
@@ -168,7 +172,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     // Connects to a memory node now (and frees this check's session when dropped below),
     // so that an unreachable node or a wrong token is one line before the program runs.
     let backend = backend(&a.backend, token_file.as_deref())?;
-    let prefetch: farmem::PrefetchKind = a.prefetch.parse().map_err(anyhow::Error::msg)?;
+    let prefetch: farmem::PrefetchSpec = a.prefetch.parse().map_err(anyhow::Error::msg)?;
     let evict: farmem::policy::PolicyKind = a.evict.parse().map_err(anyhow::Error::msg)?;
     let mode: farmem::FaultMode = a.fault_mode.parse().map_err(anyhow::Error::msg)?;
     let page_size: farmem::PageSize = a.page_size.parse().map_err(anyhow::Error::msg)?;
@@ -181,7 +185,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let check = farmem::Engine::builder()
         .local_budget(a.local_mem as usize)
         .backend(backend)
-        .prefetch(prefetch)
+        .prefetch(prefetch.kind)
+        .pointer_prefetch(prefetch.pointer)
         .policy(evict)
         .fault_mode(mode)
         .page_size(page_size)
@@ -209,7 +214,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         .env("FARMEM_LOCAL_MEM", a.local_mem.to_string())
         .env("FARMEM_BACKEND", &a.backend)
         .env("FARMEM_ALLOCATOR", allocator.name())
-        .env("FARMEM_PREFETCH", &a.prefetch)
+        .env("FARMEM_PREFETCH", prefetch.to_string())
         .env("FARMEM_EVICT", &a.evict)
         .env("FARMEM_FAULT_MODE", &a.fault_mode)
         .env("FARMEM_PAGE_SIZE", page_size.name());

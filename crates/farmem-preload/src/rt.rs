@@ -11,7 +11,7 @@
 //! | FARMEM_TOKEN_FILE, FARMEM_TOKEN | a memory node's token (file, or the token itself) | none |
 //! | FARMEM_REMOTE_TIMEOUT, FARMEM_REMOTE_POLL_US, FARMEM_REMOTE_CONNS | the remote tier's deadline, busy-poll, fetch connections (`farmem::backend::RemoteConfig::from_env`) | 10 s, 50 us, 4 |
 //! | FARMEM_ALLOCATOR | the heap's allocator: farslab, mimalloc, tlsf (`farmem::heap::HeapKind`) | farslab |
-//! | FARMEM_PREFETCH | none, readahead, majority | readahead |
+//! | FARMEM_PREFETCH | none, readahead or majority, and `pointer` to chase pointers (`readahead,pointer`) | readahead |
 //! | FARMEM_EVICT | clock, fifo | clock |
 //! | FARMEM_FAULT_MODE | auto, sigbus, thread | auto |
 //! | FARMEM_PAGE_SIZE | 4K, or 2M (huge pages, thread fault mode) | 4K |
@@ -35,7 +35,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize};
 
-use farmem::{Engine, FaultMode, PrefetchKind, Region, policy::PolicyKind};
+use farmem::{Engine, FaultMode, Region, policy::PolicyKind};
 
 const UNINIT: u8 = 0;
 const READY: u8 = 2;
@@ -173,7 +173,7 @@ fn init() -> Result<(), String> {
     let budget = env_bytes("FARMEM_LOCAL_MEM", 256 << 20);
     let backend_uri = env("FARMEM_BACKEND").unwrap_or_else(|| "compressed:".into());
     let backend = farmem::backend::from_uri(&backend_uri).map_err(|e| e.to_string())?;
-    let prefetch: PrefetchKind = env("FARMEM_PREFETCH")
+    let prefetch: farmem::PrefetchSpec = env("FARMEM_PREFETCH")
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or_default();
@@ -228,7 +228,8 @@ fn init() -> Result<(), String> {
         .local_budget(budget)
         .backend(backend)
         .policy(policy)
-        .prefetch(prefetch)
+        .prefetch(prefetch.kind)
+        .pointer_prefetch(prefetch.pointer)
         .fault_mode(mode)
         .page_size(page_size)
         .accessed_bits(env("FARMEM_ACCESSED_BITS").is_none_or(|v| v != "0"))

@@ -76,6 +76,17 @@ impl Builder {
         self
     }
 
+    /// Chase pointers on faults (off by default): from the faulting thread's registers
+    /// and the faulting block's words to the far heap blocks they lead to, which are
+    /// prefetched with the fault. Besides [`Builder::prefetch`]; see
+    /// [`crate::prefetch::pointer`]. A region learns where blocks are from
+    /// [`Region::set_block_table`](crate::Region::set_block_table) (farmem's heap sets
+    /// it); without a table a pointer stands for the 64 bytes it points at.
+    pub fn pointer_prefetch(mut self, on: bool) -> Builder {
+        self.config.pointer_prefetch = on;
+        self
+    }
+
     /// How faults are resolved (default: auto).
     pub fn fault_mode(mut self, mode: FaultMode) -> Builder {
         self.config.fault_mode = mode;
@@ -151,6 +162,7 @@ impl Engine {
                 backend: Arc::new(crate::backend::Memory::new()),
                 policy: PolicyKind::default(),
                 prefetch: PrefetchKind::default(),
+                pointer_prefetch: false,
                 fault_mode: FaultMode::Auto,
                 page_size: PageSize::Small,
                 handler_threads: 1,
@@ -194,6 +206,7 @@ impl Engine {
             };
             config.accessed_bits = false;
             config.prefetch = PrefetchKind::None;
+            config.pointer_prefetch = false;
             config.custom_prefetcher = None;
             Some(crate::sys::hugepages::Reservation::take(budget + 1).map_err(Error::HugePages)?)
         } else {
@@ -327,6 +340,10 @@ impl Engine {
         for a in [
             &c.spurious_faults,
             &c.prefetched,
+            &c.object_pages,
+            &c.object_remapped,
+            &c.pointer_reads,
+            &c.pointer_targets,
             &c.prefetch_hits,
             &c.prefetch_unused,
             &c.prefetch_throttled,

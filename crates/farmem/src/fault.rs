@@ -20,6 +20,7 @@
 use crate::Advice;
 use crate::backend::{PAGE_SIZE, PageKey};
 use crate::policy::PageRef;
+use crate::prefetch::pointer::{self, Chase};
 use crate::prefetch::{Candidates, FaultInfo, PrefetchRequest};
 use crate::reclaim::{reserve_for_prefetch, reserve_frame};
 use crate::state::bufs::BATCH_PAGES;
@@ -31,8 +32,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 /// The SIGBUS entry point (see `sys::signal`).
-pub(crate) fn on_sigbus(addr: usize, write: bool) -> bool {
-    crate::state::registry::with_region_at(addr, |r| resolve(r, addr, write, false)).is_some()
+pub(crate) fn on_sigbus(t: &crate::sys::signal::Trap) -> bool {
+    crate::state::registry::with_region_at(t.addr, |r| resolve(r, t.addr, t.write, false, &t.regs))
+        .is_some()
 }
 
 /// A handler thread: reads fault messages until `stop` becomes readable.
@@ -70,6 +72,7 @@ fn serve_msgs(r: &RegionState, msgs: &mut [UffdMsg]) -> usize {
                 m.address as usize,
                 m.flags & uffd::PAGEFAULT_FLAG_WRITE != 0,
                 true,
+                &[],
             );
         }
     }
@@ -110,8 +113,9 @@ fn fill(mut op: impl FnMut() -> Result<(), FillError>, what: &str) {
 }
 
 /// Resolves a fault at `addr` of region `r`. `wake`: wake blocked threads if no fill was
-/// needed (handler-thread mode).
-pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
+/// needed (handler-thread mode). `regs`: the faulting thread's registers, where known
+/// (the pointer chase's roots).
+pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool, regs: &[u64]) {
     let _pass = crate::state::gate::enter();
     let page = ((addr - r.base) / r.unit) as u64;
     let page_addr = r.page_addr(page);
@@ -169,6 +173,9 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                 let mut ahead = 0;
                 for (i, q) in run[..n].iter().enumerate() {
                     ahead += u64::from(q.ahead());
+                    if q.ahead() || q.prefetched() {
+                        r.pointer_feedback(page + i as u64, true);
+                    }
                     r.states[page as usize + i].unlock(touched(*q));
                 }
                 Counters::bump(&c.minor_faults, 1);
@@ -186,9 +193,15 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                     r.throttle.used(used);
                     let mut cands = Candidates::new();
                     let whole = gather(r, addr, page, write, true, &mut cands);
+                    let mut chase = Chase::new(r, addr);
+                    if let Some(ch) = chase.as_mut() {
+                        ch.own_is_local();
+                        ch.registers(regs, &mut cands);
+                        ch.run_local(&mut cands);
+                    }
                     if !cands.is_empty() {
                         let (objects, _) = cands.as_slice().split_at(whole);
-                        prefetch_pages(r, cands.as_slice(), objects, Some(page));
+                        fetch_ahead(r, &cands, objects, page, chase);
                     }
                 }
                 return;
@@ -206,7 +219,7 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool) {
                 if !w.try_lock(s) {
                     continue;
                 }
-                major(r, addr, page, s, write, t0);
+                major(r, addr, page, s, write, t0, regs);
                 return;
             }
             Tag::Locked => unreachable!("wait_unlocked returned a locked page"),
@@ -441,13 +454,28 @@ fn upcall(
 const SEQUENTIAL_WINDOW: u64 = 16;
 
 /// A major fault on `page`, which the caller has locked (it read `s` before).
-fn major(r: &RegionState, addr: usize, page: u64, s: State, write: bool, t0: Instant) {
+fn major(
+    r: &RegionState,
+    addr: usize,
+    page: u64,
+    s: State,
+    write: bool,
+    t0: Instant,
+    regs: &[u64],
+) {
     let shared = &r.shared;
     let c = &shared.counters;
     let mut buf = shared.bufs.acquire();
     reserve_frame(shared, buf.bytes());
     let mut cands = Candidates::new();
     let whole = gather(r, addr, page, write, false, &mut cands);
+    // Far blocks the registers lead to come in with the faulting page.
+    let mut chase = Chase::new(r, addr);
+    if let Some(ch) = chase.as_mut() {
+        ch.registers(regs, &mut cands);
+        ch.run_local(&mut cands);
+    }
+    let mut next = Candidates::new();
     let mut pages = [0u64; BATCH_PAGES];
     let mut states = [State(0); BATCH_PAGES];
     pages[0] = page;
@@ -463,9 +491,53 @@ fn major(r: &RegionState, addr: usize, page: u64, s: State, write: bool, t0: Ins
         Some(page),
         true,
         &cands.as_slice()[..whole],
+        chase.as_mut().map(|ch| (ch, &mut next)),
     );
+    drop(buf);
     Counters::bump(&c.major_faults, 1);
     c.major_latency.record(t0.elapsed().as_nanos() as u64);
+    if let Some(ch) = chase {
+        // What the fetched blocks point at, after the faulting page is in (in the thread
+        // fault mode the faulting thread runs on meanwhile).
+        fetch_ahead(r, &next, &[], page, Some(ch));
+    }
+}
+
+/// Prefetches `cands` after a fault on `anchor`, then, for a pointer chase, what the
+/// fetched blocks lead to, a round of fetches per hop (see `prefetch::pointer`).
+fn fetch_ahead(
+    r: &RegionState,
+    cands: &Candidates,
+    whole: &[u64],
+    anchor: u64,
+    mut chase: Option<Chase>,
+) {
+    let mut cands = cands.clone();
+    let mut whole = whole;
+    for _ in 0..=pointer::DEPTH {
+        if cands.is_empty() {
+            break;
+        }
+        let mut next = Candidates::new();
+        prefetch_with(
+            r,
+            cands.as_slice(),
+            whole,
+            Some(anchor),
+            chase.as_mut().map(|ch| (ch, &mut next)),
+        );
+        if chase.is_none() {
+            break;
+        }
+        cands = next;
+        whole = &[];
+    }
+    if let Some(ch) = chase {
+        let (reads, targets) = ch.work();
+        let c = &r.shared.counters;
+        Counters::bump(&c.pointer_reads, reads as u64);
+        Counters::bump(&c.pointer_targets, targets as u64);
+    }
 }
 
 /// Locks the FAR pages among `cands` (no duplicates, none already in `out`); returns how
@@ -642,6 +714,7 @@ fn confirm_ahead(r: &RegionState, page: u64) -> u64 {
             {
                 break;
             }
+            r.pointer_feedback(p, true);
             n += 1;
         }
     }
@@ -656,6 +729,17 @@ pub(crate) fn prefetch_pages(
     cands: &[u64],
     whole: &[u64],
     anchor: Option<u64>,
+) -> usize {
+    prefetch_with(r, cands, whole, anchor, None)
+}
+
+/// [`prefetch_pages`], and a chase reads the batch once it is in (see [`bring_in`]).
+fn prefetch_with(
+    r: &RegionState,
+    cands: &[u64],
+    whole: &[u64],
+    anchor: Option<u64>,
+    chase: Option<(&mut Chase, &mut Candidates)>,
 ) -> usize {
     let mut buf = r.shared.bufs.acquire();
     let mut pages = [0u64; BATCH_PAGES];
@@ -675,13 +759,15 @@ pub(crate) fn prefetch_pages(
         anchor,
         false,
         whole,
+        chase,
     )
 }
 
 /// The common tail of every fetch: `pages[..n]` are locked; the first `framed` already
 /// have frames, the rest are prefetch candidates that get frames if they can (evicting for
 /// them as readahead does) and are released otherwise. Then one batched, verified fetch
-/// and the install. Returns how many pages came in.
+/// and the install. Returns how many pages came in. A pointer chase reads the blocks it
+/// asked for from the batch and pushes the next hop's far blocks (`chase`).
 #[allow(clippy::too_many_arguments)] // the batch is passed as its parts, all on the stack
 fn bring_in(
     r: &RegionState,
@@ -693,6 +779,7 @@ fn bring_in(
     anchor: Option<u64>,
     anchor_in_batch: bool,
     whole: &[u64],
+    chase: Option<(&mut Chase, &mut Candidates)>,
 ) -> usize {
     let shared = &r.shared;
     let got = framed + reserve_for_prefetch(shared, n - framed, scratch);
@@ -705,6 +792,9 @@ fn bring_in(
     sort_batch(&mut pages[..got], &mut states[..got]);
     let bytes = &mut scratch[..got * r.unit];
     fetch_verified(r, &pages[..got], bytes);
+    if let Some((ch, next)) = chase {
+        ch.fetched(&pages[..got], bytes, next);
+    }
     let mut refs = [PageRef {
         region: r.id,
         generation: 0,

@@ -180,6 +180,60 @@ impl std::str::FromStr for PrefetchKind {
     }
 }
 
+/// What a `--prefetch` list names (`farmem run --prefetch readahead,pointer`,
+/// FARMEM_PREFETCH): one prefetcher (none, readahead or majority) and whether faults
+/// chase pointers ([`Builder::pointer_prefetch`]). `pointer` alone chases pointers with
+/// no prefetcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefetchSpec {
+    /// The prefetcher.
+    pub kind: PrefetchKind,
+    /// Whether faults chase pointers.
+    pub pointer: bool,
+}
+
+impl std::str::FromStr for PrefetchSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut kind = None;
+        let mut pointer = false;
+        for item in s.split(',').map(str::trim) {
+            if item == "pointer" {
+                pointer = true;
+                continue;
+            }
+            let k: PrefetchKind = item.parse().map_err(|_| {
+                format!(
+                    "unknown prefetcher `{item}` in `{s}`: use none, readahead or majority, and `pointer` to chase pointers (readahead,pointer)"
+                )
+            })?;
+            if kind.replace(k).is_some_and(|old| old != k) {
+                return Err(format!(
+                    "`{s}` names two prefetchers: pick one of none, readahead and majority (pointer combines with either)"
+                ));
+            }
+        }
+        Ok(PrefetchSpec {
+            kind: kind.unwrap_or(if pointer {
+                PrefetchKind::None
+            } else {
+                PrefetchKind::default()
+            }),
+            pointer,
+        })
+    }
+}
+
+impl std::fmt::Display for PrefetchSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.kind, self.pointer) {
+            (PrefetchKind::None, true) => f.write_str("pointer"),
+            (k, true) => write!(f, "{},pointer", k.name()),
+            (k, false) => f.write_str(k.name()),
+        }
+    }
+}
+
 /// How a range of a region will be used ([`Region::advise`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Advice {

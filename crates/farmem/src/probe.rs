@@ -54,7 +54,8 @@ static UFFD: AtomicPtr<Uffd> = AtomicPtr::new(std::ptr::null_mut());
 static CONTINUE: AtomicBool = AtomicBool::new(false);
 static SRC: [u8; PAGE] = [0x5a; PAGE];
 
-fn on_sigbus(addr: usize, _write: bool) -> bool {
+fn on_sigbus(trap: &signal::Trap) -> bool {
+    let addr = trap.addr;
     let base = BASE.load(Acquire);
     if base == 0 || addr < base || addr >= base + LEN.load(Acquire) {
         return false;

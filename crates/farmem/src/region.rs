@@ -241,6 +241,24 @@ impl Region {
         *self.inner.hook.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
     }
 
+    /// Tells the pointer chase where this region's heap blocks are: `table(addr)` is the
+    /// live block containing `addr` as `(start, end)`, or None. It runs on the fault path
+    /// (in signal context in the in-thread mode): it must not touch far memory, block or
+    /// allocate. farmem's heap sets it ([`crate::heap::Heap::new`]).
+    pub fn set_block_table(
+        &self,
+        table: impl Fn(usize) -> Option<(usize, usize)> + Send + Sync + 'static,
+    ) {
+        *self.inner.blocks.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(table));
+    }
+
+    /// Turns the pointer chase on or off for this region (the engine's
+    /// [`Builder::pointer_prefetch`](crate::Builder::pointer_prefetch) sets where it
+    /// starts).
+    pub fn set_pointer_prefetch(&self, on: bool) {
+        self.inner.set_pointer_prefetch(on);
+    }
+
     /// Removes the prefetch upcall.
     pub fn clear_prefetch_hook(&self) {
         *self.inner.hook.write().unwrap_or_else(|e| e.into_inner()) = None;

@@ -110,6 +110,8 @@ pub(crate) struct Counters {
     pub prefetched: AtomicU64,
     pub object_pages: AtomicU64,
     pub object_remapped: AtomicU64,
+    pub pointer_reads: AtomicU64,
+    pub pointer_targets: AtomicU64,
     pub prefetch_hits: AtomicU64,
     pub prefetch_unused: AtomicU64,
     pub prefetch_throttled: AtomicU64,
@@ -189,6 +191,11 @@ pub struct Stats {
     /// Local pages mapped again by a minor fault on their object (the rest of the object
     /// the touched page belongs to), without faults of their own.
     pub object_remapped_pages: u64,
+    /// Heap blocks in local memory the pointer chase read for pointers.
+    pub pointer_reads: u64,
+    /// Far heap blocks the pointer chase prefetched (their pages are among
+    /// `prefetched_pages`).
+    pub pointer_targets: u64,
     /// Prefetched pages touched before eviction.
     pub prefetch_hits: u64,
     /// Prefetched pages evicted untouched.
@@ -283,6 +290,8 @@ impl Stats {
             prefetched_pages: l(&c.prefetched),
             object_pages: l(&c.object_pages),
             object_remapped_pages: l(&c.object_remapped),
+            pointer_reads: l(&c.pointer_reads),
+            pointer_targets: l(&c.pointer_targets),
             prefetch_hits: l(&c.prefetch_hits),
             prefetch_unused: l(&c.prefetch_unused),
             prefetch_throttled: l(&c.prefetch_throttled),
@@ -395,6 +404,18 @@ impl Stats {
                 "Pages brought in with the object a fault landed in.",
                 Counter,
                 self.object_pages as f64,
+            ),
+            m(
+                "pointer_reads",
+                "Local heap blocks the pointer chase read.",
+                Counter,
+                self.pointer_reads as f64,
+            ),
+            m(
+                "pointer_targets",
+                "Far heap blocks the pointer chase prefetched.",
+                Counter,
+                self.pointer_targets as f64,
             ),
             m(
                 "evicted_pages",
@@ -579,6 +600,13 @@ impl std::fmt::Display for Stats {
             self.prefetch_throttled,
             self.object_pages
         )?;
+        if self.pointer_reads + self.pointer_targets > 0 {
+            writeln!(
+                f,
+                "pointer chase: {} local blocks read, {} far blocks prefetched",
+                self.pointer_reads, self.pointer_targets
+            )?;
+        }
         writeln!(
             f,
             "evicted {} pages: {} written back, {} clean dropped, {} zero; {} demoted; {} direct reclaims; reclaimer raised {} times",

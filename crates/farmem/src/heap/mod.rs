@@ -154,6 +154,14 @@ pub(crate) unsafe trait Allocator: Send + Sync {
     /// address space, not what is resident); None where the allocator does not count it.
     fn held_bytes(&self) -> Option<u64>;
 
+    /// Where its blocks are, for the pointer chase ([`Region::set_block_table`]): a
+    /// lookup that reads only the allocator's own tables in local memory (never a block
+    /// header in far memory), takes no lock and allocates nothing. None where the
+    /// allocator keeps no such tables (its headers are in the blocks).
+    fn block_table(&self) -> Option<Box<crate::prefetch::BlockTable>> {
+        None
+    }
+
     /// Takes every lock the allocator has, until the returned guard is dropped: a fork
     /// while another thread is inside the allocator must not leave the child a lock that
     /// nobody will release.
@@ -189,7 +197,8 @@ pub const MIN_HEAP: usize = 64 << 20;
 
 impl Heap {
     /// A heap of allocator `kind` over all of `region` (at least [`MIN_HEAP`] bytes). The
-    /// region should be used only through the heap from now on. It must live for the rest
+    /// region should be used only through the heap from now on. A farslab heap tells the
+    /// region where its blocks are, for the pointer chase ([`Region::set_block_table`]). It must live for the rest
     /// of the process: mimalloc keeps state in it until every thread that used the heap
     /// has exited, and has no call to let go of an arena.
     pub fn new(region: &'static Region, kind: HeapKind) -> Result<Heap, Error> {
@@ -205,6 +214,9 @@ impl Heap {
             HeapKind::Mimalloc => Box::new(mimalloc::Mimalloc::new(region)?),
             HeapKind::Tlsf => Box::new(tlsf::Tlsf::new(region)),
         };
+        if let Some(t) = imp.block_table() {
+            region.set_block_table(t);
+        }
         Ok(Heap {
             kind,
             region,

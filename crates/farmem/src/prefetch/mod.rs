@@ -18,11 +18,13 @@
 //! memory. It should take well under a microsecond.
 
 mod majority;
+pub mod pointer;
 mod readahead;
 mod request;
 mod throttle;
 
 pub use majority::Majority;
+pub use pointer::BlockTable;
 pub use readahead::Readahead;
 pub use request::{PrefetchHook, PrefetchRequest};
 pub(crate) use throttle::Throttle;

@@ -124,6 +124,7 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     for (i, (r, page, prev)) in victims.iter().enumerate() {
         if prev.prefetched() || prev.ahead() {
             unused += 1;
+            r.pointer_feedback(*page, false);
         }
         next[i] = if zero[i] {
             nzero += 1;

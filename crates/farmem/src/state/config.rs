@@ -17,6 +17,9 @@ pub struct Config {
     pub policy: PolicyKind,
     /// What to fetch with a fault.
     pub prefetch: PrefetchKind,
+    /// Chase pointers from a fault to the far blocks the program walks next
+    /// (`prefetch::pointer`), besides `prefetch`.
+    pub pointer_prefetch: bool,
     /// How faults are resolved.
     pub fault_mode: FaultMode,
     /// The unit pages are filled and evicted in.

@@ -10,14 +10,14 @@
 
 use crate::backend::{PAGE_SIZE, PageKey};
 use crate::policy::CHUNK_PAGES;
-use crate::prefetch::{PrefetchHook, Prefetcher, Throttle};
+use crate::prefetch::{BlockTable, PrefetchHook, Prefetcher, Throttle};
 use crate::state::page::{PageWord, State, zeroed_table};
 use crate::state::shared::Shared;
 use crate::sys::mem::{Mapping, Memfd};
 use crate::sys::uffd::{self, Uffd};
 use crate::{Advice, Error, FaultMode};
 use std::sync::atomic::{
-    AtomicI32, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+    AtomicBool, AtomicI32, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
 };
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -39,6 +39,15 @@ pub(crate) struct RegionState {
     pub throttle: Throttle,
     pub advice: RwLock<Vec<(u64, u64, Advice)>>,
     pub hook: RwLock<Option<Arc<PrefetchHook>>>,
+    /// Where the heap's blocks are, for the pointer chase (`prefetch::pointer`).
+    pub blocks: RwLock<Option<Arc<BlockTable>>>,
+    /// Whether faults here chase pointers.
+    pointer: AtomicBool,
+    /// The memfd mapped again read-only, where the pointer chase reads resident pages
+    /// (locked) without faulting (`Memfd::map_reader`); None with huge pages.
+    reader: Option<Mapping>,
+    /// What the pointer chase learnt here (None with huge pages).
+    pub learnt: Option<crate::prefetch::pointer::Learnt>,
     /// One past the highest page ever touched: sweeps and fork stop here, so that a
     /// huge sparse region costs only what was used.
     high: AtomicU64,
@@ -155,6 +164,10 @@ impl RegionState {
         };
         if mode == FaultMode::Sigbus {
             features |= uffd::feature::SIGBUS;
+        } else if crate::sys::mem::kernel_at_least(6, 0) {
+            // The faulting byte, not its page: the pointer chase starts from the block
+            // the program touched (a SIGBUS's address is always exact).
+            features |= uffd::feature::EXACT_ADDRESS;
         }
         let uffd = Uffd::new(features, mode == FaultMode::Thread).map_err(Error::userfaultfd)?;
         uffd.register(
@@ -164,6 +177,20 @@ impl RegionState {
         )
         .map_err(|e| Error::os("register the region with userfaultfd", e))?;
         let prefetcher = shared.new_prefetcher();
+        let learnt = if shared.huge() {
+            None
+        } else {
+            Some(crate::prefetch::pointer::Learnt::new(pages as usize).ok_or_else(no_tables)?)
+        };
+        let reader = if shared.huge() {
+            None
+        } else {
+            Some(
+                memfd
+                    .map_reader(len)
+                    .map_err(|e| Error::os("map the region a second time for reading", e))?,
+            )
+        };
         debug_assert_eq!(map.ptr() as usize % crate::sys::mem::CHUNK_BYTES, 0);
         let state = shared.add_region(|id| RegionState {
             id,
@@ -181,6 +208,10 @@ impl RegionState {
             throttle: Throttle::default(),
             advice: RwLock::new(Vec::new()),
             hook: RwLock::new(None),
+            blocks: RwLock::new(None),
+            pointer: AtomicBool::new(shared.config.pointer_prefetch),
+            reader,
+            learnt,
             high: AtomicU64::new(0),
             zero_next: AtomicU64::new(u64::MAX),
             zero_window: AtomicU32::new(1),
@@ -191,6 +222,48 @@ impl RegionState {
             _map: map,
         })?;
         Ok(state)
+    }
+
+    /// Copies `out.len()` bytes at `addr` (inside one page of this region) if that page is
+    /// resident, from the page cache, without a fault in the region: the page is locked
+    /// meanwhile, so that it cannot be evicted (its page-cache page freed) under the
+    /// read. False if the page is not resident or someone holds it.
+    pub fn read_resident(&self, addr: usize, out: &mut [u8]) -> bool {
+        let Some(m) = &self.reader else { return false };
+        let off = addr - self.base;
+        debug_assert!(off % PAGE_SIZE + out.len() <= PAGE_SIZE);
+        let w = &self.states[off / self.unit];
+        let s = w.load();
+        if !s.is_resident() || !w.try_lock(s) {
+            return false;
+        }
+        // SAFETY: `off..off+len` is inside the reader mapping (the region's length), and
+        // its page is in the page cache (resident, and locked, so nobody evicts it): the
+        // read maps it, never fills a hole.
+        unsafe {
+            std::ptr::copy_nonoverlapping(m.ptr().add(off), out.as_mut_ptr(), out.len());
+        }
+        w.unlock(s);
+        true
+    }
+
+    /// A page prefetched earlier was used, or evicted unused: the pointer chase learns
+    /// from it if it was one of its own.
+    #[inline]
+    pub fn pointer_feedback(&self, page: u64, used: bool) {
+        if let Some(l) = &self.learnt {
+            l.feedback(page, used);
+        }
+    }
+
+    /// Whether faults here chase pointers (`prefetch::pointer`).
+    #[inline]
+    pub fn pointer_prefetch(&self) -> bool {
+        self.pointer.load(Relaxed)
+    }
+
+    pub fn set_pointer_prefetch(&self, on: bool) {
+        self.pointer.store(on, Relaxed);
     }
 
     #[inline]
@@ -325,6 +398,11 @@ impl RegionState {
             // SAFETY: the range fork left unmapped in the child (MADV_DONTFORK); it is this
             // region's own address range.
             unsafe { self.memfd.map_fixed(self.base, self.len)? };
+            if let Some(m) = &self.reader {
+                // SAFETY: this region's reader, of the same length; no other thread runs
+                // in the child yet.
+                unsafe { self.memfd.remap_reader(m)? };
+            }
         }
         // The new mapping is one VMA again: chunks are split anew as the hand reaches them.
         self.split.store(0, Relaxed);

@@ -10,10 +10,64 @@ use std::io;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Resolves a fault at `addr`; `write` when the access was a write. Returns false when the
-/// address is not the engine's. Runs in signal context: no allocation, no locks that the
-/// interrupted code may hold.
-pub type FaultFn = fn(addr: usize, write: bool) -> bool;
+/// Resolves a fault (see [`Trap`]). Returns false when the address is not the engine's.
+/// Runs in signal context: no allocation, no locks that the interrupted code may hold.
+pub type FaultFn = fn(trap: &Trap) -> bool;
+
+/// General-purpose registers a [`Trap`] carries (x86-64: rax to r15, without rsp).
+pub const TRAP_REGS: usize = 15;
+
+/// A fault as the SIGBUS handler sees it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Trap {
+    /// The faulting address.
+    pub addr: usize,
+    /// The access was a write (x86-64's page-fault error code, bit 1; other architectures
+    /// report reads, which costs at most one extra fault later).
+    pub write: bool,
+    /// The faulting thread's general-purpose registers at the fault (zeros where the
+    /// architecture's are not read): what the program was working with, which the
+    /// pointer prefetch starts from (`prefetch::pointer`).
+    pub regs: [u64; TRAP_REGS],
+}
+
+impl Trap {
+    fn from_signal(addr: usize, ctx: *mut libc::c_void) -> Trap {
+        let mut t = Trap {
+            addr,
+            ..Trap::default()
+        };
+        #[cfg(target_arch = "x86_64")]
+        if !ctx.is_null() {
+            // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
+            let g = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+            t.write = g[libc::REG_ERR as usize] & 2 != 0;
+            let regs = [
+                libc::REG_RAX,
+                libc::REG_RBX,
+                libc::REG_RCX,
+                libc::REG_RDX,
+                libc::REG_RSI,
+                libc::REG_RDI,
+                libc::REG_RBP,
+                libc::REG_R8,
+                libc::REG_R9,
+                libc::REG_R10,
+                libc::REG_R11,
+                libc::REG_R12,
+                libc::REG_R13,
+                libc::REG_R14,
+                libc::REG_R15,
+            ];
+            for (out, r) in t.regs.iter_mut().zip(regs) {
+                *out = g[r as usize] as u64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = ctx;
+        t
+    }
+}
 
 /// Up to four resolvers (the engine's, and the mechanism probe's), asked in turn.
 static HANDLERS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
@@ -81,32 +135,12 @@ pub unsafe fn replace_previous(new: &libc::sigaction) -> libc::sigaction {
     }
 }
 
-/// Whether the fault that raised this signal was a write (x86-64 page-fault error code,
-/// bit 1). Other architectures report reads, which costs at most one extra fault later.
-fn is_write(ctx: *mut libc::c_void) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if ctx.is_null() {
-            return false;
-        }
-        let uc = ctx.cast::<libc::ucontext_t>();
-        // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
-        let err = unsafe { (*uc).uc_mcontext.gregs[libc::REG_ERR as usize] };
-        err & 2 != 0
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = ctx;
-        false
-    }
-}
-
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // farmem's own system calls run natively in a thread guarded by syscall user dispatch.
     let _open = super::sud::allow();
     let saved_errno = errno();
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() } as usize;
+    let trap = Trap::from_signal(unsafe { (*info).si_addr() } as usize, ctx);
     for h in &HANDLERS {
         let f = h.load(Ordering::Acquire);
         if f == 0 {
@@ -114,7 +148,7 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         }
         // SAFETY: HANDLERS only ever hold FaultFns stored by `install`.
         let f: FaultFn = unsafe { std::mem::transmute::<usize, FaultFn>(f) };
-        if f(addr, is_write(ctx)) {
+        if f(&trap) {
             set_errno(saved_errno);
             return;
         }

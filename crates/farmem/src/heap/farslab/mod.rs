@@ -51,6 +51,10 @@ use slabs::Class;
 const PAGE: usize = 4096;
 /// Freed large blocks from this size up are discarded; smaller ones keep resident pages.
 const DISCARD_MIN: usize = 1 << 20;
+/// How far back from an address in a large block its start is looked for (the pointer
+/// chase's block table), in pages: up to 256 KiB, past which a block is an array better
+/// left to readahead.
+const LOOKBACK: usize = 64;
 /// `unit_class` of a mixed unit.
 const MIXED_UNIT: u8 = u8::MAX;
 /// Bytes per entry of a mixed unit's class table.
@@ -97,6 +101,51 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The block containing the heap offset `off`: (start, end) offsets. A slot of a slab
+    /// or an object of a mixed unit counts whether handed out or free (which the tables
+    /// do not say without a lock); a large block only while live, and only within
+    /// [`LOOKBACK`] pages of its start.
+    fn block_at(&self, off: usize) -> Option<(usize, usize)> {
+        let unit = off / SLAB;
+        let base = unit * SLAB;
+        match self.unit_class.get(unit)?.load(Acquire) {
+            0 => {
+                let page = off / PAGE;
+                for start in (page.saturating_sub(LOOKBACK)..=page).rev() {
+                    let n = self.large_len[start].load(Acquire) as usize;
+                    if n != 0 {
+                        return (start + n > page).then_some((start * PAGE, (start + n) * PAGE));
+                    }
+                }
+                None
+            }
+            MIXED_UNIT => {
+                let t = self.mixed_meta[unit].load(Acquire);
+                if t.is_null() {
+                    return None;
+                }
+                let g = (off - base) / GRANULE;
+                // Objects of mixed units are at most 128 bytes: 8 granules.
+                for k in (g.saturating_sub(SIZES[MIXED - 1] as usize / GRANULE - 1)..=g).rev() {
+                    // SAFETY: a mixed unit's table has SLAB / GRANULE entries and is never
+                    // freed (see `mixed_entry`).
+                    let c = unsafe { &*t.add(k) }.load(Acquire);
+                    if c != 0 {
+                        let start = base + k * GRANULE;
+                        let end = start + SIZES[c as usize - 1] as usize;
+                        return (off < end).then_some((start, end));
+                    }
+                }
+                None
+            }
+            c => {
+                let size = SIZES[c as usize - 1] as usize;
+                let start = base + (off - base) / size * size;
+                (start + size <= base + SLAB).then_some((start, start + size))
+            }
+        }
+    }
+
     /// Up to `out.len()` free objects of class `c`, a new slab if the class has none.
     fn take(&self, c: usize, out: &mut [usize]) -> usize {
         let n = lock(&self.classes[c]).take(c, out);
@@ -384,6 +433,15 @@ unsafe impl Allocator for Farslab {
 
     fn held_bytes(&self) -> Option<u64> {
         Some(self.shared.held.load(Relaxed))
+    }
+
+    fn block_table(&self) -> Option<Box<crate::prefetch::BlockTable>> {
+        let (shared, base, len) = (self.shared.clone(), self.base, self.region.len());
+        Some(Box::new(move |a: usize| {
+            let off = a.checked_sub(base).filter(|&o| o < len)?;
+            let (s, e) = shared.block_at(off)?;
+            Some((base + s, base + e))
+        }))
     }
 
     fn lock_all(&self) -> Box<dyn Held + '_> {
