@@ -114,6 +114,7 @@ fn compile_all() -> Option<PathBuf> {
     for name in [
         "torture",
         "quicksort",
+        "listwalk",
         "skewed",
         "rawsys",
         "sysbench",
@@ -401,6 +402,33 @@ fn quicksort_plain() {
 #[test]
 fn quicksort_under_farmem() {
     run_program("quicksort", QUICKSORT_ARGS, true);
+}
+
+/// A shuffled list and a tree walked under 8 MiB with pointer chasing on (and the
+/// registers of a real program's faults as roots), every node checked; and quicksort,
+/// which has no pointers, read back exactly with the chase on.
+#[test]
+fn pointer_walks_under_farmem_with_pointer_prefetch() {
+    let opts: &[&str] = &[
+        "--local-mem",
+        LOCAL_MEM,
+        "--backend",
+        "compressed:",
+        "--prefetch",
+        "readahead,pointer",
+        "--stats",
+    ];
+    run_program_with(
+        "listwalk",
+        &["--nodes", "30000", "--passes", "2", "--lookups", "30000"],
+        Some(opts),
+    );
+    run_program_with("quicksort", QUICKSORT_ARGS, Some(opts));
+}
+
+#[test]
+fn listwalk_plain() {
+    run_program("listwalk", &["--nodes", "30000", "--passes", "1"], false);
 }
 
 #[test]

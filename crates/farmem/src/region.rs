@@ -243,8 +243,9 @@ impl Region {
 
     /// Tells the pointer chase where this region's heap blocks are: `table(addr)` is the
     /// live block containing `addr` as `(start, end)`, or None. It runs on the fault path
-    /// (in signal context in the in-thread mode): it must not touch far memory, block or
-    /// allocate. farmem's heap sets it ([`crate::heap::Heap::new`]).
+    /// (in signal context in the in-thread mode) for every word that may be a pointer: it
+    /// must be cheap, and must not touch far memory, block or allocate. farmem's heap sets
+    /// it ([`crate::heap::Heap::new`]).
     pub fn set_block_table(
         &self,
         table: impl Fn(usize) -> Option<(usize, usize)> + Send + Sync + 'static,

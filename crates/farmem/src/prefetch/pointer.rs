@@ -17,11 +17,33 @@
 //!
 //! From a root that is a pointer into the heap: a far block is a *target* (its pages,
 //! up to 64 KiB, are prefetched as guesses, so that their use is counted); a local block
-//! is read (up to [`SCAN`] bytes, straight from the region's memfd with `pread`, which
-//! never faults) and its words are roots one hop further. Targets fetched are read the
-//! same way once their data is in, up to [`DEPTH`] hops from a register, which also
-//! bounds the rounds of fetches one fault makes. Every chase is bounded: [`MAX_READS`]
-//! local blocks read and [`MAX_TARGETS`] far blocks fetched per fault.
+//! is read (up to [`SCAN`] bytes, from the page cache with `pread`, which never faults)
+//! and its words are roots one hop further. The registers' targets come in with the
+//! faulting page, in its batch; once a batch is in, the targets' own words (and the
+//! faulting block's) are read from it and lead to the next round, up to [`DEPTH`] hops.
+//! Every chase is bounded: [`MAX_READS`] local blocks read and [`MAX_TARGETS`] far blocks
+//! fetched per fault. A prefetched page's first touch (its minor fault) starts the next
+//! chase, so a walk is followed a few blocks ahead all the way along.
+//!
+//! Which pointers are followed is learnt ([`Learnt`]): a walk's next pointer and the
+//! ones beside it look alike.
+//!
+//! # What it costs, and when it pays
+//!
+//! Measured here (BENCHMARKS.md, "Pointer prefetch"), it does not pay yet, and is off
+//! by default. A chase replaces a major fault by a minor one, but the work of bringing a
+//! page in (decompressing, copying, or a memory node's round trip) is the same whoever
+//! does it, and a serial chain (a list whose every node is far) can be fetched no faster
+//! than one node per fetch however far ahead one looks: the walk of a far list took 97%
+//! fewer major faults and twice as long. Where the index is local and only its leaves
+//! are far (Redis's quicklist), the leaves could come in together, but reaching them from
+//! the registers takes reads the fault path pays for. Tried and measured before this
+//! shape: reads through a second, read-only mapping of the memfd (TLB shootdowns on every
+//! eviction of a page read that way), and a chaser thread off the fault path (its
+//! wake-ups cost Redis 16% of its time in `eventfd_write`; polling instead, it broke
+//! even). Eight targets per chase instead of two took LRANGE's accuracy from 61-81% down
+//! to 52%: past the next block or two, a chase mostly fetches what the walk never
+//! reaches (LRANGE 0 99 stops halfway along its lists).
 //!
 //! Pointer values are hints. A stale pointer, an integer that looks like one, or a block
 //! freed meanwhile costs a wasted prefetch, never wrong data: the engine fetches whole
@@ -38,15 +60,16 @@ use crate::state::region::RegionState;
 
 /// Where heap blocks are: for an address, the live block containing it as
 /// `(start, end)`, or None. Called on the fault path (in signal context in the in-thread
-/// mode): it must not allocate, block or touch far memory.
+/// mode) for every word that may be a pointer: it must be cheap, and must not allocate,
+/// block or touch far memory.
 pub type BlockTable = dyn Fn(usize) -> Option<(usize, usize)> + Send + Sync;
 
-/// Hops from a register root (and rounds of fetches per fault).
+/// Hops from a register root (and rounds of fetches per chase).
 pub const DEPTH: u8 = 6;
 /// Local blocks read per fault.
-pub const MAX_READS: usize = 16;
+pub const MAX_READS: usize = 4;
 /// Far blocks prefetched per fault.
-pub const MAX_TARGETS: usize = 8;
+pub const MAX_TARGETS: usize = 2;
 /// Bytes of a block read for pointers: a small block whole, a larger one from where
 /// the pointer to it points.
 pub const SCAN: usize = 128;
@@ -113,11 +136,14 @@ fn edge(len: usize, i: usize) -> u16 {
 /// path that led to it, until it is used or evicted.
 ///
 /// A walk's pointers and the ones beside them look alike: a quicklist node's `next` and
-/// `prev`, a list's `head` and `tail`. Without learning, the chase from an LRANGE's
-/// cursor fetched the list's tail and walked back from it as eagerly as it walked
-/// forward (half its pages unused); the scores prune the edges that lead to unused pages.
-/// A use counts twice an unused page, so an edge on both kinds of paths (the node's
-/// `entry`) stays, and an edge is pruned below about one use in three.
+/// `prev`, a list's `head` and `tail`, a tree node's two children. A chase from an
+/// LRANGE's cursor can reach the list's tail and walk back from it as readily as it
+/// walks forward; the scores prune the edges that lead to unused pages. A use counts
+/// twice an unused page, so an edge on both kinds of paths (a node's `entry`) stays, and
+/// an edge is pruned below about one use in three. (On LRANGE the scores split into
+/// edges pinned at the top and the bottom of their range, but accuracy moved only from
+/// 52% to 49-65%: most waste is past the range's end, on edges that also lead to used
+/// pages.)
 pub(crate) struct Learnt {
     scores: [AtomicI8; EDGES],
     paths: Box<[AtomicU64]>,

@@ -43,9 +43,6 @@ pub(crate) struct RegionState {
     pub blocks: RwLock<Option<Arc<BlockTable>>>,
     /// Whether faults here chase pointers.
     pointer: AtomicBool,
-    /// The memfd mapped again read-only, where the pointer chase reads resident pages
-    /// (locked) without faulting (`Memfd::map_reader`); None with huge pages.
-    reader: Option<Mapping>,
     /// What the pointer chase learnt here (None with huge pages).
     pub learnt: Option<crate::prefetch::pointer::Learnt>,
     /// One past the highest page ever touched: sweeps and fork stop here, so that a
@@ -182,15 +179,6 @@ impl RegionState {
         } else {
             Some(crate::prefetch::pointer::Learnt::new(pages as usize).ok_or_else(no_tables)?)
         };
-        let reader = if shared.huge() {
-            None
-        } else {
-            Some(
-                memfd
-                    .map_reader(len)
-                    .map_err(|e| Error::os("map the region a second time for reading", e))?,
-            )
-        };
         debug_assert_eq!(map.ptr() as usize % crate::sys::mem::CHUNK_BYTES, 0);
         let state = shared.add_region(|id| RegionState {
             id,
@@ -210,7 +198,6 @@ impl RegionState {
             hook: RwLock::new(None),
             blocks: RwLock::new(None),
             pointer: AtomicBool::new(shared.config.pointer_prefetch),
-            reader,
             learnt,
             high: AtomicU64::new(0),
             zero_next: AtomicU64::new(u64::MAX),
@@ -224,27 +211,12 @@ impl RegionState {
         Ok(state)
     }
 
-    /// Copies `out.len()` bytes at `addr` (inside one page of this region) if that page is
-    /// resident, from the page cache, without a fault in the region: the page is locked
-    /// meanwhile, so that it cannot be evicted (its page-cache page freed) under the
-    /// read. False if the page is not resident or someone holds it.
+    /// Copies `out.len()` bytes at `addr` of this region out of the page cache (`pread`
+    /// on the memfd), mapped or not, without a fault: usable in a signal handler. A page
+    /// that is not resident (or is evicted meanwhile) reads as zeros; nothing is mapped
+    /// or allocated. False if the read failed.
     pub fn read_resident(&self, addr: usize, out: &mut [u8]) -> bool {
-        let Some(m) = &self.reader else { return false };
-        let off = addr - self.base;
-        debug_assert!(off % PAGE_SIZE + out.len() <= PAGE_SIZE);
-        let w = &self.states[off / self.unit];
-        let s = w.load();
-        if !s.is_resident() || !w.try_lock(s) {
-            return false;
-        }
-        // SAFETY: `off..off+len` is inside the reader mapping (the region's length), and
-        // its page is in the page cache (resident, and locked, so nobody evicts it): the
-        // read maps it, never fills a hole.
-        unsafe {
-            std::ptr::copy_nonoverlapping(m.ptr().add(off), out.as_mut_ptr(), out.len());
-        }
-        w.unlock(s);
-        true
+        self.memfd.read_at(out, addr - self.base).is_ok()
     }
 
     /// A page prefetched earlier was used, or evicted unused: the pointer chase learns
@@ -398,11 +370,6 @@ impl RegionState {
             // SAFETY: the range fork left unmapped in the child (MADV_DONTFORK); it is this
             // region's own address range.
             unsafe { self.memfd.map_fixed(self.base, self.len)? };
-            if let Some(m) = &self.reader {
-                // SAFETY: this region's reader, of the same length; no other thread runs
-                // in the child yet.
-                unsafe { self.memfd.remap_reader(m)? };
-            }
         }
         // The new mapping is one VMA again: chunks are split anew as the hand reaches them.
         self.split.store(0, Relaxed);

@@ -180,59 +180,6 @@ impl Memfd {
         Ok(())
     }
 
-    /// Maps the whole memfd a second time, shared and read-only, anywhere, kept out of
-    /// forked children: a window on the page cache that no userfaultfd range covers, for
-    /// reading resident pages without a fault in the region (the pointer chase).
-    ///
-    /// A read there of a page the page cache does not hold puts a page of zeros into
-    /// it (shmem fills holes on read faults), which would then be found where a far
-    /// page is to be installed. Read only pages locked resident.
-    pub fn map_reader(&self, len: usize) -> io::Result<Mapping> {
-        // SAFETY: a fresh shared mapping chosen by the kernel; the result is checked.
-        let ptr = unsafe {
-            crate::sys::raw::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
-                self.fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let m = Mapping {
-            ptr: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?,
-            len,
-        };
-        m.dont_fork()?;
-        Ok(m)
-    }
-
-    /// [`Memfd::map_reader`] at exactly `m`'s range, replacing it (a forked child's new
-    /// file, where fork left the range unmapped).
-    ///
-    /// # Safety
-    /// `m` must be a reader mapping of this memfd's length that nothing reads meanwhile.
-    pub unsafe fn remap_reader(&self, m: &Mapping) -> io::Result<()> {
-        // SAFETY: the caller's range; MAP_FIXED replaces only it.
-        let p = unsafe {
-            crate::sys::raw::mmap(
-                m.ptr().cast(),
-                m.len(),
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                self.fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        m.dont_fork()
-    }
-
     /// Maps the whole memfd shared, read-write, at an address that is a multiple of
     /// [`CHUNK_BYTES`], so that the region's 2 MiB chunks are whole page-table pages and
     /// each can be a mapping of its own.
