@@ -5,6 +5,8 @@
 #   lib/libfarmem.so, libfarmem.so.0   the C API's no-op library (SONAME libfarmem.so.0)
 #   lib/farmem/libfarmem_preload.so    what `farmem run` preloads into a program
 #   include/farmem.h                   the C API
+#   include/farmem_plugin.h            the ABI of policy plug-ins (farmem run --plugin)
+#   share/farmem/plugins/minimal.c     a plug-in to start from
 #   lib/pkgconfig/farmem.pc            `pkg-config --cflags --libs farmem`
 #
 # Usage: scripts/install.sh [--prefix DIR] [--debug]
@@ -66,7 +68,7 @@ put() { # mode src dst
     echo "installed $3"
 }
 
-install -d "$prefix/bin" "$prefix/lib/farmem" "$prefix/lib/pkgconfig" "$prefix/include"
+install -d "$prefix/bin" "$prefix/lib/farmem" "$prefix/lib/pkgconfig" "$prefix/include" "$prefix/share/farmem/plugins"
 
 put 755 "$out/farmem" "$prefix/bin/farmem"
 
@@ -89,6 +91,8 @@ else
 fi
 
 put 644 include/farmem.h "$prefix/include/farmem.h"
+put 644 include/farmem_plugin.h "$prefix/include/farmem_plugin.h"
+put 644 plugins/minimal.c "$prefix/share/farmem/plugins/minimal.c"
 
 pc=$(mktemp)
 trap 'rm -f "$stub" "$pc"' EXIT

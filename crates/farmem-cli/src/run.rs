@@ -17,7 +17,7 @@ use crate::opts;
 /// Options of `farmem run`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "The heap is every malloc-family allocation and every anonymous private read-write mmap of at least 256 KiB (FARMEM_MMAP_THRESHOLD). The C library's own allocations (stdio buffers and the like) stay local. Programs PROGRAM runs get the library too, each with its own budget; a forked child gets a snapshot of the parent's far memory and its own budget.\n\nExamples:\n  farmem run --local-mem 256M -- redis-server --port 7000\n  farmem run --local-mem 64M --backend compressed:zstd --stats -- python3 job.py\n  farmem run --local-mem 512M --allocator mimalloc -- memcached -t 4 -m 2048\n  farmem run --local-mem 1G --backend tcp://10.0.0.2:7070 --token-file node.token -- redis-server"
+    after_help = "The heap is every malloc-family allocation and every anonymous private read-write mmap of at least 256 KiB (FARMEM_MMAP_THRESHOLD). The C library's own allocations (stdio buffers and the like) stay local. Programs PROGRAM runs get the library too, each with its own budget; a forked child gets a snapshot of the parent's far memory and its own budget.\n\nExamples:\n  farmem run --local-mem 256M -- redis-server --port 7000\n  farmem run --local-mem 64M --backend compressed:zstd --stats -- python3 job.py\n  farmem run --local-mem 512M --allocator mimalloc -- memcached -t 4 -m 2048\n  farmem run --local-mem 1G --backend tcp://10.0.0.2:7070 --token-file node.token -- redis-server\n  farmem run --local-mem 64M --plugin ./minimal.so -- ./program   (plugins/minimal.c)"
 )]
 pub struct RunArgs {
     /// Local memory budget for the program's heap (K, M, G suffixes).
@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// `--fault-mode thread`.
     #[arg(long)]
     pub take_reserved: bool,
+    /// A policy plug-in: a shared object with the ABI of farmem_plugin.h, loaded into the
+    /// program and called on the far heap's faults (it says what to bring in with them),
+    /// allocations and frees. `plugins/minimal.c` is a starting point.
+    #[arg(long, value_name = "PATH.so", env = "FARMEM_PLUGIN")]
+    pub plugin: Option<PathBuf>,
     /// Serve live control on a Unix socket at PATH while the program runs: `farmem ctl
     /// PATH budget SIZE | stats [--json|--prometheus] | prefetch NAME`. The socket belongs
     /// to PROGRAM's own process (not to programs it starts) and goes away when it exits
@@ -202,6 +207,20 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
         None => None,
     };
+    let plugin = match &a.plugin {
+        Some(p) => {
+            let abs = std::path::absolute(p)
+                .with_context(|| format!("--plugin {}: cannot resolve the path", p.display()))?;
+            if !abs.is_file() {
+                bail!(
+                    "--plugin {}: no such file (build one with `cc -shared -fPIC -I include plugins/minimal.c -o minimal.so`)",
+                    p.display()
+                );
+            }
+            Some(abs)
+        }
+        None => None,
+    };
     let preload = find_preload()?;
     let mut ld = preload.display().to_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
@@ -222,6 +241,10 @@ pub fn run(a: RunArgs) -> Result<()> {
         "FARMEM_OBJECT_PREFETCH",
         if a.no_object_prefetch { "0" } else { "1" },
     );
+    match &plugin {
+        Some(p) => cmd.env("FARMEM_PLUGIN", p),
+        None => cmd.env_remove("FARMEM_PLUGIN"),
+    };
     if a.take_reserved {
         cmd.env("FARMEM_TAKE_RESERVED", "1");
     } else {

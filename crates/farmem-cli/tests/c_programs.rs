@@ -127,6 +127,29 @@ fn compile_all() -> Option<PathBuf> {
         );
     }
     let include = repo_root().join("include");
+    // Plug-ins: the shipped example and the test's misbehaving ones.
+    let plugin = |name: &str, src: PathBuf, defs: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-shared".into(),
+            "-fPIC".into(),
+            format!("-I{}", include.display()).into(),
+        ];
+        args.extend(
+            defs.iter()
+                .map(|d| std::ffi::OsString::from(format!("-D{d}"))),
+        );
+        args.push(src.into_os_string());
+        gcc(&dir, name, &args);
+    };
+    plugin("minimal.so", repo_root().join("plugins/minimal.c"), &[]);
+    plugin("wild.so", src.join("plugins/wild.c"), &[]);
+    for d in ["NO_SYMBOL", "WRONG_ABI", "NULL_PLUGIN", "NO_FAULT"] {
+        plugin(
+            &format!("bad-{}.so", d.to_lowercase()),
+            src.join("plugins/bad.c"),
+            &[d],
+        );
+    }
     for name in ["api", "objects", "wrapped"] {
         gcc(
             &dir,
@@ -424,6 +447,136 @@ fn pointer_walks_under_farmem_with_pointer_prefetch() {
         Some(opts),
     );
     run_program_with("quicksort", QUICKSORT_ARGS, Some(opts));
+}
+
+const LISTWALK_ARGS: &[&str] = &["--nodes", "20000", "--passes", "2", "--lookups", "20000"];
+
+/// Runs listwalk under `farmem run --plugin NAME.so` (a plug-in built above); returns
+/// the output, or None without gcc.
+fn under_plugin(plugin: &str) -> Option<Output> {
+    let dir = programs()?;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_farmem"));
+    c.args(["run", "--local-mem", LOCAL_MEM, "--plugin"])
+        .arg(dir.join(plugin))
+        .arg("--")
+        .arg(dir.join("listwalk"))
+        .args(LISTWALK_ARGS);
+    Some(run(c, &format!("farmem run --plugin {plugin} -- listwalk")))
+}
+
+/// The shipped minimal plug-in is called on faults, allocations and frees, and the
+/// program's every node reads back right.
+#[test]
+fn the_minimal_plugin_is_called_and_the_program_runs_right() {
+    let Some(out) = under_plugin("minimal.so") else {
+        return;
+    };
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "listwalk: ok"),
+        "{}",
+        describe(&out)
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("minimal plug-in: "))
+        .unwrap_or_else(|| panic!("no report from the plug-in\n{}", describe(&out)));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // faults, hits, allocations, frees
+    assert_eq!(nums.len(), 4, "{line}");
+    assert!(nums[0] > 1000, "few faults reached the plug-in: {line}");
+    assert!(nums[2] >= 40000, "allocations not all seen: {line}");
+    assert!(nums[3] > 0, "no frees seen: {line}");
+}
+
+/// A plug-in that asks for ranges outside the heap, unaligned, enormous and empty ones,
+/// and more than it had room for: ignored, one line each, the program's data exact.
+#[test]
+fn a_plugin_that_asks_for_wild_ranges_changes_no_data() {
+    let Some(out) = under_plugin("wild.so") else {
+        return;
+    };
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "listwalk: ok"),
+        "{}",
+        describe(&out)
+    );
+    for what in [
+        "asked for a range that is empty or not inside the far heap",
+        "returned more ranges than it was given room for",
+    ] {
+        assert_eq!(
+            stderr.matches(what).count(),
+            1,
+            "want one line saying `{what}`\n{}",
+            describe(&out)
+        );
+    }
+}
+
+/// Plug-ins that cannot work are refused before the program runs, each with one line
+/// that says why.
+#[test]
+fn broken_plugins_are_refused_with_one_line() {
+    for (name, why) in [
+        ("bad-no_symbol.so", "exports no `farmem_plugin`"),
+        ("bad-wrong_abi.so", "built for plug-in ABI 999"),
+        ("bad-null_plugin.so", "farmem_plugin() returned NULL"),
+        ("bad-no_fault.so", "has no fault callback"),
+    ] {
+        let Some(out) = under_plugin(name) else {
+            return;
+        };
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            !out.status.success(),
+            "{name} was accepted\n{}",
+            describe(&out)
+        );
+        assert!(
+            stdout.is_empty(),
+            "{name}: the program ran\n{}",
+            describe(&out)
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: want one line\n{}", describe(&out));
+        assert!(
+            lines[0].starts_with("farmem: ") && lines[0].contains(why),
+            "{name}: want `{why}`, got {}",
+            lines[0]
+        );
+    }
+    // No file at all: farmem run says so before starting anything.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_farmem"));
+    c.args([
+        "run",
+        "--local-mem",
+        "8M",
+        "--plugin",
+        "/nonexistent/p.so",
+        "--",
+        "true",
+    ]);
+    let out = run(c, "farmem run --plugin /nonexistent/p.so");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--plugin /nonexistent/p.so: no such file"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]

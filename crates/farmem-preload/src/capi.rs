@@ -10,8 +10,8 @@ use crate::rt;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FarmemRange {
-    addr: *mut c_void,
-    len: size_t,
+    pub(crate) addr: *mut c_void,
+    pub(crate) len: size_t,
 }
 
 /// `struct farmem_stats`.
@@ -108,6 +108,26 @@ pub(crate) fn call_hook(h: Hook, addr: usize, req: &mut farmem::PrefetchRequest)
     let n = unsafe { h(addr as *mut c_void, out.as_mut_ptr(), out.len()) }.min(out.len());
     for r in &out[..n] {
         req.range(r.addr as usize, r.len);
+    }
+}
+
+/// `farmem_read` (farmem_plugin.h): copies local far-heap memory without a fault.
+///
+/// # Safety
+/// `out` is valid for writes of `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn farmem_read(addr: *const c_void, out: *mut c_void, len: size_t) -> c_int {
+    let _sud = farmem::sys::sud::allow();
+    let Some(rt) = rt::rt() else { return -1 };
+    if out.is_null() || len == 0 {
+        return -1;
+    }
+    // SAFETY: the caller's buffer of `len` bytes.
+    let buf = unsafe { std::slice::from_raw_parts_mut(out.cast::<u8>(), len) };
+    if rt.region.read_local(addr as usize, buf) {
+        0
+    } else {
+        -1
     }
 }
 

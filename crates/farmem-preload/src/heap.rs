@@ -80,6 +80,9 @@ pub(crate) fn alloc(size: usize, align: usize, caller: usize, zero: bool) -> *mu
     match p {
         Some(p) => {
             crate::extent::record(p.as_ptr() as usize, size);
+            if let Some(pl) = crate::plugin::get() {
+                pl.allocated(p.as_ptr() as usize, size);
+            }
             p.as_ptr().cast()
         }
         None => {
@@ -133,6 +136,9 @@ pub(crate) unsafe fn free(p: *mut c_void) {
     unsafe {
         let usable = h.usable_size(nn);
         crate::extent::forget(p as usize, usable);
+        if let Some(pl) = crate::plugin::get() {
+            pl.freeing(p as usize, usable);
+        }
         h.free_sized(nn, usable);
     }
 }
@@ -164,6 +170,10 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize, caller: usize) -> *mut
             Some(q) => {
                 crate::extent::forget(p as usize, old);
                 crate::extent::record(q.as_ptr() as usize, size);
+                if let Some(pl) = crate::plugin::get() {
+                    pl.freeing(p as usize, old);
+                    pl.allocated(q.as_ptr() as usize, size);
+                }
                 q.as_ptr().cast()
             }
             None => {

@@ -22,6 +22,7 @@ mod entry;
 mod extent;
 mod heap;
 mod io;
+mod plugin;
 mod rt;
 mod sud;
 

@@ -21,6 +21,7 @@
 //! | FARMEM_SYSCALL_GUARD | `0` turns off the syscall guard (`sud`; `farmem run --no-syscall-guard`), `1` makes it required | on where the kernel has it, in sigbus mode |
 //! | FARMEM_MMAP_THRESHOLD | anonymous mmaps from this size up are far | 256 KiB |
 //! | FARMEM_TAKE_RESERVED | `1`: large PROT_NONE reservations are far too (`farmem run --take-reserved`) | off |
+//! | FARMEM_PLUGIN | a policy plug-in to load (`farmem run --plugin`; include/farmem_plugin.h) | none |
 //! | FARMEM_CONTROL | serve `farmem ctl` on this socket path (`farmem run --control`) | off |
 //! | FARMEM_STATS | print a summary at exit (`1`) | off |
 //! | FARMEM_STATS_INTERVAL | print a live line every SECS seconds | off |
@@ -250,6 +251,9 @@ fn init() -> Result<(), String> {
     }
     find_libc_text();
     crate::io::resolve_all();
+    if let Some(path) = env("FARMEM_PLUGIN") {
+        crate::plugin::load(&path)?;
+    }
     if env("FARMEM_OBJECT_PREFETCH").is_none_or(|v| v != "0") {
         crate::extent::init(region.as_ptr() as usize, region.len())?;
     }
@@ -327,7 +331,8 @@ fn start_guard(engine: &Engine) -> Result<(), String> {
 pub(crate) static APP_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// The heap's prefetch upcall: a major fault inside a mid-sized block brings in the rest
-/// of the block and nothing else (see `extent`); then the program's upcall, if any.
+/// of the block and nothing else (see `extent`); then the plug-in's (`plugin`) and the
+/// program's upcall, if any.
 fn heap_prefetch(addr: usize, req: &mut farmem::PrefetchRequest) {
     if let Some((_, end)) = crate::extent::block_at(addr) {
         // A major fault asks for the rest of the block to be fetched; a touch of a local
@@ -341,6 +346,11 @@ fn heap_prefetch(addr: usize, req: &mut farmem::PrefetchRequest) {
         // rest (it faults for itself). Either way the readahead, which would only fetch
         // past the block's end, is not needed.
         req.enough();
+    }
+    if let Some(p) = crate::plugin::get()
+        && !req.is_local_touch()
+    {
+        p.fault(addr, req);
     }
     let h = APP_HOOK.load(Acquire);
     if h != 0 && !req.is_local_touch() {

@@ -152,7 +152,16 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool, reg
                 if !s.prefetched() && !r.shared.huge() {
                     // The upcall's objects only (see `PrefetchRequest::is_local_touch`).
                     let mut objects = Candidates::new();
-                    upcall(r, addr, false, true, &mut objects, &mut Candidates::new());
+                    upcall(
+                        r,
+                        addr,
+                        false,
+                        true,
+                        write,
+                        regs,
+                        &mut objects,
+                        &mut Candidates::new(),
+                    );
                     for &p in objects.as_slice() {
                         if n == MAX_LOCAL_RUN || p != page + n as u64 {
                             break;
@@ -192,7 +201,7 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool, reg
                     Counters::bump(&c.prefetch_hits, used);
                     r.throttle.used(used);
                     let mut cands = Candidates::new();
-                    let whole = gather(r, addr, page, write, true, &mut cands);
+                    let whole = gather(r, addr, page, write, true, regs, &mut cands);
                     let mut chase = Chase::new(r, addr);
                     if let Some(ch) = chase.as_mut() {
                         ch.own_is_local();
@@ -380,6 +389,7 @@ fn gather(
     page: u64,
     write: bool,
     hit: bool,
+    regs: &[u64],
     out: &mut Candidates,
 ) -> usize {
     if r.shared.huge() {
@@ -387,7 +397,7 @@ fn gather(
         return 0;
     }
     let mut guesses = Candidates::new();
-    let enough = upcall(r, addr, hit, false, out, &mut guesses);
+    let enough = upcall(r, addr, hit, false, write, regs, out, &mut guesses);
     // The objects at the front of `out`, the upcall's guesses after them.
     let whole = out.len();
     for &p in guesses.as_slice() {
@@ -433,11 +443,14 @@ fn gather(
 /// Calls the region's upcall, if it has one, for a fault at `addr` (see
 /// [`PrefetchRequest`] for `hit` and `local`): objects into `objects`, guesses into
 /// `guesses`. Returns whether it said `enough`.
+#[allow(clippy::too_many_arguments)] // the fault's context, all on the stack
 fn upcall(
     r: &RegionState,
     addr: usize,
     hit: bool,
     local: bool,
+    write: bool,
+    regs: &[u64],
     objects: &mut Candidates,
     guesses: &mut Candidates,
 ) -> bool {
@@ -445,7 +458,13 @@ fn upcall(
         return false;
     };
     let Some(h) = h.as_ref() else { return false };
+    let block = r
+        .blocks
+        .try_read()
+        .ok()
+        .and_then(|t| t.as_ref().and_then(|t| t(addr)));
     let mut req = PrefetchRequest::new(r.base, r.pages, objects, guesses, hit, local);
+    req.set_context(regs, block, write);
     h(addr, &mut req);
     req.is_enough()
 }
@@ -468,7 +487,7 @@ fn major(
     let mut buf = shared.bufs.acquire();
     reserve_frame(shared, buf.bytes());
     let mut cands = Candidates::new();
-    let whole = gather(r, addr, page, write, false, &mut cands);
+    let whole = gather(r, addr, page, write, false, regs, &mut cands);
     // Far blocks the registers lead to come in with the faulting page.
     let mut chase = Chase::new(r, addr);
     if let Some(ch) = chase.as_mut() {

@@ -260,6 +260,13 @@ impl Region {
         self.inner.set_pointer_prefetch(on);
     }
 
+    /// Copies `out.len()` bytes at address `addr` of this region into `out` if they are
+    /// all in local memory, without a fault (so also from a prefetch upcall): false if
+    /// any of it is outside the region or far. What a plug-in's `farmem_read` does.
+    pub fn read_local(&self, addr: usize, out: &mut [u8]) -> bool {
+        self.inner.read_local(addr, out)
+    }
+
     /// Removes the prefetch upcall.
     pub fn clear_prefetch_hook(&self) {
         *self.inner.hook.write().unwrap_or_else(|e| e.into_inner()) = None;

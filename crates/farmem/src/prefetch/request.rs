@@ -25,6 +25,9 @@ pub struct PrefetchRequest<'a> {
     enough: bool,
     hit: bool,
     local: bool,
+    regs: &'a [u64],
+    block: Option<(usize, usize)>,
+    write: bool,
 }
 
 impl<'a> PrefetchRequest<'a> {
@@ -44,7 +47,41 @@ impl<'a> PrefetchRequest<'a> {
             enough: false,
             hit,
             local,
+            regs: &[],
+            block: None,
+            write: false,
         }
+    }
+
+    pub(crate) fn set_context(
+        &mut self,
+        regs: &'a [u64],
+        block: Option<(usize, usize)>,
+        write: bool,
+    ) {
+        self.regs = regs;
+        self.block = block;
+        self.write = write;
+    }
+
+    /// Whether the faulting access was a write (x86-64; reads elsewhere).
+    pub fn is_write(&self) -> bool {
+        self.write
+    }
+
+    /// The faulting thread's general-purpose registers at the fault (x86-64: rax, rbx,
+    /// rcx, rdx, rsi, rdi, rbp, r8 to r15), what the program was working with: a list
+    /// node, an iterator. Empty where the fault is resolved on another thread (the
+    /// thread fault mode).
+    pub fn registers(&self) -> &[u64] {
+        self.regs
+    }
+
+    /// The heap block the fault lies in, `(start, end)`, from the region's block table
+    /// ([`Region::set_block_table`](crate::Region::set_block_table); farmem's heap sets
+    /// one), or None.
+    pub fn block(&self) -> Option<(usize, usize)> {
+        self.block
     }
 
     /// Whether the upcall runs for the touch of a page that is local but was unmapped (the

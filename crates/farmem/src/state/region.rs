@@ -219,6 +219,22 @@ impl RegionState {
         self.memfd.read_at(out, addr - self.base).is_ok()
     }
 
+    /// Copies `out.len()` bytes at `addr` into `out` if they are all in this region and
+    /// resident (mapped or not), without a fault: the pages' states are checked before
+    /// and after the copy, so a page evicted meanwhile makes it fail rather than read
+    /// zeros. Usable in a signal handler.
+    pub fn read_local(&self, addr: usize, out: &mut [u8]) -> bool {
+        let Some(end) = addr.checked_add(out.len()) else {
+            return false;
+        };
+        if out.is_empty() || addr < self.base || end > self.base + self.len {
+            return false;
+        }
+        let pages = (addr - self.base) / self.unit..(end - 1 - self.base) / self.unit + 1;
+        let resident = || pages.clone().all(|p| self.states[p].load().is_resident());
+        resident() && self.read_resident(addr, out) && resident()
+    }
+
     /// A page prefetched earlier was used, or evicted unused: the pointer chase learns
     /// from it if it was one of its own.
     #[inline]

@@ -1,0 +1,218 @@
+//! Policy plug-ins (`farmem run --plugin PATH.so`, FARMEM_PLUGIN): a shared object with the
+//! ABI of include/farmem_plugin.h, loaded before the program starts and called on the far
+//! heap's faults, allocations and frees.
+//!
+//! A plug-in is checked when it is loaded (its `farmem_plugin` symbol, its ABI version,
+//! its fault callback): what is wrong is one line and an exit before the program runs.
+//! What it asks for at run time is a hint: ranges outside the far heap, more ranges than
+//! it had room for, or a zero length are ignored and reported once on stderr, never
+//! followed. It reads the program's memory only through `farmem_read`, which never faults.
+
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::capi::FarmemRange;
+
+/// The ABI this farmem speaks (FARMEM_PLUGIN_ABI).
+pub(crate) const ABI: u32 = 1;
+
+/// `struct farmem_fault`.
+#[repr(C)]
+struct Fault {
+    addr: *mut c_void,
+    block: *mut c_void,
+    block_len: usize,
+    flags: u32,
+    nregs: u32,
+    regs: *const u64,
+}
+
+const FAULT_WRITE: u32 = 1;
+const FAULT_HIT: u32 = 2;
+const ENOUGH: usize = 1 << (usize::BITS - 1);
+
+/// `struct farmem_plugin`.
+#[repr(C)]
+struct Desc {
+    abi: u32,
+    name: *const c_char,
+    fault: Option<unsafe extern "C" fn(*const Fault, *mut FarmemRange, usize) -> usize>,
+    alloc: Option<unsafe extern "C" fn(*mut c_void, usize)>,
+    free: Option<unsafe extern "C" fn(*mut c_void, usize)>,
+}
+
+/// A loaded plug-in.
+pub(crate) struct Plugin {
+    name: String,
+    fault: unsafe extern "C" fn(*const Fault, *mut FarmemRange, usize) -> usize,
+    alloc: Option<unsafe extern "C" fn(*mut c_void, usize)>,
+    free: Option<unsafe extern "C" fn(*mut c_void, usize)>,
+}
+
+static PLUGIN: OnceLock<Plugin> = OnceLock::new();
+
+/// The loaded plug-in, if any.
+#[inline]
+pub(crate) fn get() -> Option<&'static Plugin> {
+    PLUGIN.get()
+}
+
+/// Ranges a fault may ask for.
+const MAX_RANGES: usize = 16;
+
+/// Loads the plug-in at `path` (before the heap starts). The error is the line to print.
+pub(crate) fn load(path: &str) -> Result<(), String> {
+    let what = format!("plug-in {path}");
+    let c = CString::new(path).map_err(|_| format!("{what}: the path has a NUL byte"))?;
+    // SAFETY: dlopen with a NUL-terminated path; its constructors run now, as they would
+    // for any library the program loads.
+    let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if h.is_null() {
+        // SAFETY: dlerror returns a NUL-terminated message or NULL.
+        let e = unsafe { libc::dlerror() };
+        let why = if e.is_null() {
+            "cannot be loaded".to_string()
+        } else {
+            // SAFETY: as above.
+            unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
+        };
+        return Err(format!("{what}: {why}"));
+    }
+    // SAFETY: dlsym on a live handle with a NUL-terminated name.
+    let sym = unsafe { libc::dlsym(h, c"farmem_plugin".as_ptr()) };
+    if sym.is_null() {
+        return Err(format!(
+            "{what} exports no `farmem_plugin` (a plug-in defines `const struct farmem_plugin *farmem_plugin(void)`, with C linkage; see farmem_plugin.h)"
+        ));
+    }
+    // SAFETY: the symbol farmem_plugin.h declares, of that type.
+    let entry: unsafe extern "C" fn() -> *const Desc = unsafe { std::mem::transmute(sym) };
+    // SAFETY: the plug-in's entry point, called once, as the header says.
+    let d = unsafe { entry() };
+    if d.is_null() {
+        return Err(format!("{what}: farmem_plugin() returned NULL"));
+    }
+    // SAFETY: a description the plug-in keeps for the life of the process (the header's
+    // contract); its ABI field is read first, before any field a later ABI may change.
+    let abi = unsafe { std::ptr::addr_of!((*d).abi).read() };
+    if abi != ABI {
+        return Err(format!(
+            "{what} was built for plug-in ABI {abi}, and this farmem speaks ABI {ABI}: rebuild it against this farmem's farmem_plugin.h"
+        ));
+    }
+    // SAFETY: the ABI matches, so the layout is this one.
+    let d = unsafe { &*d };
+    let name = if d.name.is_null() {
+        path.to_string()
+    } else {
+        // SAFETY: a NUL-terminated name the plug-in keeps.
+        unsafe { CStr::from_ptr(d.name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let Some(fault) = d.fault else {
+        return Err(format!(
+            "{what} ({name}) has no fault callback (struct farmem_plugin.fault)"
+        ));
+    };
+    PLUGIN
+        .set(Plugin {
+            name,
+            fault,
+            alloc: d.alloc,
+            free: d.free,
+        })
+        .map_err(|_| "two plug-ins loaded".to_string())
+}
+
+/// One line on stderr, the first time `flag` is raised.
+fn warn_once(flag: &AtomicBool, parts: &[&[u8]]) {
+    if flag.swap(true, Relaxed) {
+        return;
+    }
+    for p in parts {
+        // SAFETY: our own bytes to fd 2.
+        unsafe { libc::write(2, p.as_ptr().cast(), p.len()) };
+    }
+}
+
+static WARNED_RANGE: AtomicBool = AtomicBool::new(false);
+static WARNED_COUNT: AtomicBool = AtomicBool::new(false);
+
+impl Plugin {
+    /// Asks the plug-in what to bring in with a fault at `addr`, and passes the ranges
+    /// that are inside the far heap on.
+    pub(crate) fn fault(&self, addr: usize, req: &mut farmem::PrefetchRequest) {
+        let regs = req.registers();
+        let (block, block_len) = req.block().map_or((0, 0), |(s, e)| (s, e - s));
+        let f = Fault {
+            addr: addr as *mut c_void,
+            block: block as *mut c_void,
+            block_len,
+            flags: if req.is_write() { FAULT_WRITE } else { 0 }
+                | if req.is_prefetch_hit() { FAULT_HIT } else { 0 },
+            nregs: regs.len() as u32,
+            regs: regs.as_ptr(),
+        };
+        let mut out = [FarmemRange {
+            addr: std::ptr::null_mut(),
+            len: 0,
+        }; MAX_RANGES];
+        // SAFETY: the plug-in's fault callback, called as farmem_plugin.h documents: a
+        // valid fault description and room for MAX_RANGES ranges, both on our stack.
+        let ret = unsafe { (self.fault)(&f, out.as_mut_ptr(), MAX_RANGES) };
+        let n = ret & !ENOUGH;
+        if n > MAX_RANGES {
+            warn_once(
+                &WARNED_COUNT,
+                &[
+                    b"farmem: plug-in ",
+                    self.name.as_bytes(),
+                    b" returned more ranges than it was given room for; only the first ones are used (reported once)\n",
+                ],
+            );
+        }
+        let (base, len) = crate::rt::heap_range_relaxed();
+        for r in &out[..n.min(MAX_RANGES)] {
+            let a = r.addr as usize;
+            let inside = r.len > 0
+                && a.wrapping_sub(base) < len
+                && a.checked_add(r.len).is_some_and(|e| e <= base + len);
+            if inside {
+                req.range(a, r.len);
+            } else {
+                warn_once(
+                    &WARNED_RANGE,
+                    &[
+                        b"farmem: plug-in ",
+                        self.name.as_bytes(),
+                        b" asked for a range that is empty or not inside the far heap; such ranges are ignored (reported once)\n",
+                    ],
+                );
+            }
+        }
+        if ret & ENOUGH != 0 {
+            req.enough();
+        }
+    }
+
+    /// A block of the far heap was allocated.
+    #[inline]
+    pub(crate) fn allocated(&self, addr: usize, size: usize) {
+        if let Some(f) = self.alloc {
+            // SAFETY: the plug-in's optional callback, with a block of the far heap.
+            unsafe { f(addr as *mut c_void, size) };
+        }
+    }
+
+    /// A block of the far heap is about to be freed.
+    #[inline]
+    pub(crate) fn freeing(&self, addr: usize, size: usize) {
+        if let Some(f) = self.free {
+            // SAFETY: as above.
+            unsafe { f(addr as *mut c_void, size) };
+        }
+    }
+}

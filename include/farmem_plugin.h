@@ -1,0 +1,90 @@
+/*
+ * farmem_plugin.h: the ABI of farmem's policy plug-ins, for unmodified programs.
+ *
+ * `farmem run --plugin PATH.so -- PROGRAM` (or FARMEM_PLUGIN=PATH.so) loads a shared
+ * object into the program and calls it on the far heap's faults, allocations and frees.
+ * A plug-in knows something farmem does not (the program's data structures) and says
+ * what to bring in with a fault: a researcher's policy in an afternoon, without a kernel
+ * patch or a change to the program.
+ *
+ * A plug-in exports one function, `farmem_plugin`, returning a description of itself
+ * whose `abi` is the FARMEM_PLUGIN_ABI it was built against; farmem refuses (one line,
+ * before the program starts) a plug-in without it or built for another ABI. Every
+ * callback but `fault` may be NULL.
+ *
+ * The callbacks run inside the program, in whatever thread faulted or allocated; `fault`
+ * runs inside the fault, in a signal handler. They must not allocate, take locks the
+ * program may hold, or touch far memory: read the program's memory with farmem_read(),
+ * which copies what is local and fails on what is not, never faulting. Ranges a plug-in
+ * asks for are hints: farmem clips them to the far heap, brings in whole verified pages
+ * and caps how many it takes per fault; one outside the heap, or more than `max`, is
+ * ignored and reported once on stderr. Wrong hints cost time, never data.
+ *
+ * Build: cc -O2 -shared -fPIC -I/usr/local/include my_plugin.c -o my_plugin.so
+ * (no library to link: the calls below are provided by farmem in the running program).
+ */
+#ifndef FARMEM_PLUGIN_H
+#define FARMEM_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "farmem.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FARMEM_PLUGIN_ABI 1
+
+/* struct farmem_fault.flags */
+enum farmem_fault_flags {
+    FARMEM_FAULT_WRITE = 1, /* the access was a write */
+    FARMEM_FAULT_HIT = 2    /* the first touch of a page prefetched earlier (a cheap minor
+                               fault): the program reached the end of what was brought in */
+};
+
+/* What the fault upcall is told. */
+struct farmem_fault {
+    void *addr;           /* the faulting address */
+    void *block;          /* the heap block it lies in (start), or NULL if unknown */
+    size_t block_len;     /* the block's length in bytes, 0 if unknown */
+    uint32_t flags;       /* enum farmem_fault_flags */
+    uint32_t nregs;       /* entries in regs: 15 on x86-64 (rax, rbx, rcx, rdx, rsi, rdi,
+                             rbp, r8 to r15), 0 where the fault is resolved on another
+                             thread (the thread fault mode) */
+    const uint64_t *regs; /* the faulting thread's registers at the fault: what the
+                             program was working with (a list node, an iterator) */
+};
+
+/* The fault upcall's return value may carry this bit: the ranges asked for are all this
+ * fault needs, so farmem's own prefetch (readahead) is skipped for it. */
+#define FARMEM_PLUGIN_ENOUGH ((size_t)1 << (sizeof(size_t) * 8 - 1))
+
+/* A plug-in, as `farmem_plugin` describes it. */
+struct farmem_plugin {
+    uint32_t abi;     /* FARMEM_PLUGIN_ABI */
+    const char *name; /* for messages and statistics */
+    /* On every major fault in the far heap and every prefetch hit: write up to `max`
+     * ranges to bring in with the fault into `out`, return how many (| ENOUGH). */
+    size_t (*fault)(const struct farmem_fault *f, struct farmem_range *out, size_t max);
+    /* Optional: a block of the far heap was allocated (`size` bytes asked for at `addr`),
+     * or is about to be freed (`size`: its usable size). Called on every malloc, free and
+     * realloc that the far heap serves: keep them short. */
+    void (*alloc)(void *addr, size_t size);
+    void (*free)(void *addr, size_t size);
+};
+
+/* Exported by the plug-in (under this name, with C linkage). */
+const struct farmem_plugin *farmem_plugin(void);
+
+/* Provided by farmem to the plug-in: copies `len` bytes at `addr` of the far heap that
+ * are in local memory into `out`, without a fault. Returns 0, or -1 if any of it is not
+ * in the far heap or not local (then `out` is unspecified). Safe in the fault upcall. */
+int farmem_read(const void *addr, void *out, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FARMEM_PLUGIN_H */
