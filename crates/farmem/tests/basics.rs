@@ -268,6 +268,62 @@ fn prefetch_upcall_sees_the_faulting_address_and_brings_pages() {
     r.clear_prefetch_hook();
 }
 
+/// The upcall gets what a plug-in's `struct farmem_fault` carries: the registers (the
+/// pointer the program was following is among them), the block from the block table, and
+/// whether the access was a write; and `read_local` copies local memory but refuses far
+/// memory and addresses outside the region.
+#[test]
+fn prefetch_upcall_sees_registers_block_and_access_and_reads_only_local_memory() {
+    let e = engine(64, PrefetchKind::None);
+    let r = e.map(256 * PAGE).unwrap();
+    for p in 0..256 {
+        write_u64(&r, p, p as u64 + 1);
+    }
+    let base = r.as_ptr() as usize;
+    // Blocks of two pages.
+    r.set_block_table(move |a| {
+        let s = base + (a - base) / (2 * PAGE) * 2 * PAGE;
+        Some((s, s + 2 * PAGE))
+    });
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    r.set_prefetch_hook(move |addr, req| {
+        let in_regs = req.registers().iter().any(|&v| v as usize & !(PAGE - 1) == addr & !(PAGE - 1));
+        if let Ok(mut v) = s2.try_lock() {
+            v.push((addr, req.block(), req.is_write(), in_regs));
+        }
+    });
+    r.advise(0, 256 * PAGE, farmem::Advice::DontNeed).unwrap();
+    let at = 37 * PAGE + 8;
+    let p = (base + at) as *mut u64;
+    // SAFETY: inside the region; a read, then a write, each faulting the page in.
+    let v = unsafe { std::ptr::read_volatile(p) };
+    assert_eq!(v, 0);
+    r.advise(0, 256 * PAGE, farmem::Advice::DontNeed).unwrap();
+    // SAFETY: as above.
+    unsafe { std::ptr::write_volatile(p.add(100), 5) };
+    r.clear_prefetch_hook();
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 2, "{seen:?}");
+    let (a, block, write, in_regs) = seen[0];
+    assert_eq!(a, base + at);
+    assert_eq!(block, Some((base + 36 * PAGE, base + 38 * PAGE)));
+    assert!(!write);
+    if farmem::Engine::fault_mode(&e) == farmem::FaultMode::Sigbus {
+        assert!(in_regs, "the faulting pointer is not among the registers");
+    }
+    assert!(seen.iter().any(|&(a, _, w, _)| a == base + at + 800 && w), "{seen:?}");
+    // Local memory reads; far memory, and what is outside the region, do not.
+    let mut buf = [0u8; 8];
+    assert!(r.read_local(base + 37 * PAGE, &mut buf));
+    assert_eq!(u64::from_ne_bytes(buf), 38);
+    r.advise(0, 256 * PAGE, farmem::Advice::DontNeed).unwrap();
+    assert!(!r.read_local(base + 37 * PAGE, &mut buf));
+    assert!(!r.read_local(base + 256 * PAGE, &mut buf));
+    assert!(!r.read_local(base - 8, &mut buf));
+    assert!(!r.read_local(base + 256 * PAGE - 4, &mut buf));
+}
+
 /// Makes `r` a heap of 8-page objects, 8-page aligned: the upcall names the rest of the
 /// object a fault lands in.
 fn eight_page_objects(r: &farmem::Region) {
