@@ -10,9 +10,12 @@ mod farmem_stats;
 mod floor;
 mod node_child;
 mod opts;
+mod replay;
+mod replay_sim;
 mod run;
 mod serve;
 mod table;
+mod trace;
 mod vm;
 mod worker;
 
@@ -90,6 +93,12 @@ enum Command {
     /// large anonymous mmaps come from far memory, with LOCAL_MEM of it kept local. It
     /// keeps farmem's process id, so its exit status and signals are its own.
     Run(run::RunArgs),
+    /// `farmem run` that also records the fault and allocation stream into a file, for
+    /// `farmem replay`.
+    Trace(trace::TraceArgs),
+    /// Replays a trace under other eviction policies and prefetchers, beside exact LRU
+    /// and Belady's optimum for the same budget: faults, prefetch accuracy and coverage.
+    Replay(replay::ReplayArgs),
     /// Lend this machine's memory to farmem processes on other machines (a memory node).
     ///
     /// Listens on ADDR for farmem's remote far tier (tcp://HOST:PORT) and holds up to
@@ -143,6 +152,8 @@ fn main() {
         Command::BenchRemote(a) => bench_remote::run(a),
         Command::Floor(a) => floor::run(a),
         Command::Run(a) => run::run(a),
+        Command::Trace(a) => trace::trace(a),
+        Command::Replay(a) => replay::replay(a),
         Command::Serve(a) => serve::serve(a),
         Command::NodeStatus(a) => serve::node_status(a),
         Command::Summarize(a) => table::summarize(a),

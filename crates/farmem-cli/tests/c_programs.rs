@@ -579,6 +579,95 @@ fn broken_plugins_are_refused_with_one_line() {
     );
 }
 
+/// `farmem trace` records a real program's faults, prefetches and allocations; `farmem
+/// replay` replays them beside exact LRU and Belady (never more faults than LRU without
+/// prefetch) and beside the live counters; a full trace counts what it dropped; a file
+/// that is not a trace is one clear line.
+#[test]
+fn trace_and_replay_a_program() {
+    let Some(dir) = programs() else {
+        return;
+    };
+    let trace = dir.join("listwalk.trace");
+    let walk = |events: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_farmem"));
+        c.args(["trace", "--out"])
+            .arg(&trace)
+            .args(["--events", events, "--local-mem", LOCAL_MEM, "--"])
+            .arg(dir.join("listwalk"))
+            .args(LISTWALK_ARGS);
+        run(c, "farmem trace -- listwalk")
+    };
+    let out = walk("4000000");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("listwalk: ok"),
+        "{}",
+        describe(&out)
+    );
+    assert!(stderr.contains("farmem: trace: "), "{}", describe(&out));
+    let replay = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_farmem"));
+        c.arg("replay").arg(&trace).args(extra);
+        run(c, "farmem replay")
+    };
+    let out = replay(&[
+        "--evict",
+        "clock,lru",
+        "--prefetch",
+        "none,readahead,traced",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let faults = |evict: &str, prefetch: &str| -> u64 {
+        text.lines()
+            .map(str::split_whitespace)
+            .find_map(|mut w| {
+                (w.next() == Some(evict) && w.next() == Some(prefetch))
+                    .then(|| w.next().unwrap().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no `{evict} {prefetch}` line in\n{text}"))
+    };
+    assert!(text.contains("(0 dropped)"), "{text}");
+    let (lru, opt, live) = (
+        faults("lru", "none"),
+        faults("belady", "none"),
+        faults("live", "(traced)"),
+    );
+    assert!(lru > 1000 && live > 1000, "{text}");
+    assert!(opt <= lru, "Belady took more faults than LRU\n{text}");
+    for p in ["none", "readahead", "traced"] {
+        faults("clock", p);
+    }
+    assert!(text.contains("replayed / live: major faults"), "{text}");
+    // A trace too small for the run: bounded, and says how much it dropped.
+    let out = walk("1000");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dropped: the trace was full"),
+        "{}",
+        describe(&out)
+    );
+    let out = replay(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1000 events ("),
+        "{}",
+        describe(&out)
+    );
+    assert!(!text.contains("(0 dropped)"), "{text}");
+    // Not a trace.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_farmem"));
+    c.arg("replay").arg(dir.join("listwalk"));
+    let out = run(c, "farmem replay listwalk");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a farmem trace"),
+        "{}",
+        describe(&out)
+    );
+}
+
 #[test]
 fn listwalk_plain() {
     run_program("listwalk", &["--nodes", "30000", "--passes", "1"], false);

@@ -80,9 +80,7 @@ pub(crate) fn alloc(size: usize, align: usize, caller: usize, zero: bool) -> *mu
     match p {
         Some(p) => {
             crate::extent::record(p.as_ptr() as usize, size);
-            if let Some(pl) = crate::plugin::get() {
-                pl.allocated(p.as_ptr() as usize, size);
-            }
+            notify_alloc(p.as_ptr() as usize, size);
             p.as_ptr().cast()
         }
         None => {
@@ -90,6 +88,34 @@ pub(crate) fn alloc(size: usize, align: usize, caller: usize, zero: bool) -> *mu
             std::ptr::null_mut()
         }
     }
+}
+
+/// Tells the plug-in and the trace that a block of the far heap was allocated.
+#[inline]
+fn notify_alloc(addr: usize, size: usize) {
+    if let Some(pl) = crate::plugin::get() {
+        pl.allocated(addr, size);
+    }
+    let (base, _) = rt::heap_range_relaxed();
+    farmem::trace::record_block(
+        farmem::trace::Kind::Alloc,
+        (addr - base) as u64,
+        size as u64,
+    );
+}
+
+/// Tells the plug-in and the trace that a block of the far heap is about to be freed.
+#[inline]
+fn notify_free(addr: usize, usable: usize) {
+    if let Some(pl) = crate::plugin::get() {
+        pl.freeing(addr, usable);
+    }
+    let (base, _) = rt::heap_range_relaxed();
+    farmem::trace::record_block(
+        farmem::trace::Kind::Free,
+        (addr - base) as u64,
+        usable as u64,
+    );
 }
 
 fn local_alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
@@ -136,9 +162,7 @@ pub(crate) unsafe fn free(p: *mut c_void) {
     unsafe {
         let usable = h.usable_size(nn);
         crate::extent::forget(p as usize, usable);
-        if let Some(pl) = crate::plugin::get() {
-            pl.freeing(p as usize, usable);
-        }
+        notify_free(p as usize, usable);
         h.free_sized(nn, usable);
     }
 }
@@ -170,10 +194,8 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize, caller: usize) -> *mut
             Some(q) => {
                 crate::extent::forget(p as usize, old);
                 crate::extent::record(q.as_ptr() as usize, size);
-                if let Some(pl) = crate::plugin::get() {
-                    pl.freeing(p as usize, old);
-                    pl.allocated(q.as_ptr() as usize, size);
-                }
+                notify_free(p as usize, old);
+                notify_alloc(q.as_ptr() as usize, size);
                 q.as_ptr().cast()
             }
             None => {

@@ -22,6 +22,7 @@
 //! | FARMEM_MMAP_THRESHOLD | anonymous mmaps from this size up are far | 256 KiB |
 //! | FARMEM_TAKE_RESERVED | `1`: large PROT_NONE reservations are far too (`farmem run --take-reserved`) | off |
 //! | FARMEM_PLUGIN | a policy plug-in to load (`farmem run --plugin`; include/farmem_plugin.h) | none |
+//! | FARMEM_TRACE, FARMEM_TRACE_EVENTS | record faults and allocations into this file, at most this many events (`farmem trace`) | off, 16 Mi events |
 //! | FARMEM_CONTROL | serve `farmem ctl` on this socket path (`farmem run --control`) | off |
 //! | FARMEM_STATS | print a summary at exit (`1`) | off |
 //! | FARMEM_STATS_INTERVAL | print a live line every SECS seconds | off |
@@ -286,6 +287,16 @@ fn init() -> Result<(), String> {
     LEN.store(len, Release);
     STATE.store(READY, Release);
     start_guard(&rt().expect("just set").engine)?;
+    if reporter && let Some(path) = env("FARMEM_TRACE") {
+        let events = env_bytes("FARMEM_TRACE_EVENTS", 16 << 20) as u64;
+        farmem::trace::start(
+            std::path::Path::new(&path),
+            events,
+            (budget / 4096) as u64,
+            base as u64,
+        )
+        .map_err(|e| format!("cannot write the trace {path}: {e}"))?;
+    }
     if reporter && let Some(path) = env("FARMEM_CONTROL") {
         let path = std::path::PathBuf::from(path);
         farmem::control::ControlServer::start(&path, &rt().expect("just set").engine)
@@ -376,6 +387,8 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     // SAFETY: as above; in the child this thread is the one that locked it.
     unsafe { *std::ptr::addr_of_mut!(FORK_GUARD) = None };
+    // The trace is the parent's.
+    farmem::trace::forget_in_child();
     // The kernel does not hand syscall user dispatch on to the child.
     farmem::sys::sud::rearm_after_fork();
 }
@@ -433,6 +446,19 @@ extern "C" fn finish() {
     // process's session once the exit has closed its connections.
     if let Some(rt) = rt() {
         rt.engine.before_exit();
+        if let Some((n, dropped)) = farmem::trace::finish(&rt.engine.stats()) {
+            let path = env("FARMEM_TRACE").unwrap_or_default();
+            let line = format!(
+                "farmem: trace: {n} events in {path}{}; `farmem replay {path}` replays it\n",
+                if dropped > 0 {
+                    format!(" ({dropped} more dropped: the trace was full; raise --events)")
+                } else {
+                    String::new()
+                }
+            );
+            // SAFETY: our own bytes to fd 2.
+            unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+        }
     }
     if let Some(p) = CONTROL_PATH.get()
         // SAFETY: getpid has no preconditions.

@@ -189,6 +189,14 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool, reg
                 }
                 Counters::bump(&c.minor_faults, 1);
                 Counters::bump(&c.object_remapped, n as u64 - 1);
+                crate::trace::record(
+                    if s.prefetched() {
+                        crate::trace::Kind::Hit
+                    } else {
+                        crate::trace::Kind::Minor
+                    },
+                    page,
+                );
                 c.minor_latency.record(t0.elapsed().as_nanos() as u64);
                 if ahead > 0 {
                     // Mapped ahead, demoted before its run's marker was reached, and now
@@ -220,6 +228,7 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool, reg
                     continue;
                 }
                 zero_fill(r, page, s);
+                crate::trace::record(crate::trace::Kind::Zero, page);
                 Counters::bump(&c.zero_faults, 1);
                 c.zero_latency.record(t0.elapsed().as_nanos() as u64);
                 return;
@@ -484,6 +493,8 @@ fn major(
 ) {
     let shared = &r.shared;
     let c = &shared.counters;
+    // Recorded first: the pages fetched with it follow it in a trace.
+    crate::trace::record(crate::trace::Kind::Major, page);
     let mut buf = shared.bufs.acquire();
     reserve_frame(shared, buf.bytes());
     let mut cands = Candidates::new();
@@ -734,6 +745,7 @@ fn confirm_ahead(r: &RegionState, page: u64) -> u64 {
                 break;
             }
             r.pointer_feedback(p, true);
+            crate::trace::record(crate::trace::Kind::Used, p);
             n += 1;
         }
     }
@@ -835,6 +847,19 @@ fn bring_in(
         .filter(|&&p| whole.contains(&p) && !(anchor_in_batch && Some(p) == anchor))
         .count() as u64;
     let guessed = (got - framed) as u64 - objects;
+    if crate::trace::active() {
+        for &p in pages[..got]
+            .iter()
+            .filter(|&&p| !(anchor_in_batch && Some(p) == anchor))
+        {
+            let object = if whole.contains(&p) {
+                crate::trace::OBJECT
+            } else {
+                0
+            };
+            crate::trace::record(crate::trace::Kind::Prefetch, p | object);
+        }
+    }
     let c = &shared.counters;
     Counters::bump(&c.fetched, got as u64);
     Counters::bump(&c.prefetched, guessed);

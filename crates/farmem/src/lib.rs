@@ -35,6 +35,7 @@ pub mod prefetch;
 pub mod probe;
 pub mod stats;
 pub mod sys;
+pub mod trace;
 // The engine, bottom to top (state/mod.rs draws the stack).
 mod engine;
 // On top of the engine: live control over a socket.

@@ -288,7 +288,10 @@ fn prefetch_upcall_sees_registers_block_and_access_and_reads_only_local_memory()
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s2 = seen.clone();
     r.set_prefetch_hook(move |addr, req| {
-        let in_regs = req.registers().iter().any(|&v| v as usize & !(PAGE - 1) == addr & !(PAGE - 1));
+        let in_regs = req
+            .registers()
+            .iter()
+            .any(|&v| v as usize & !(PAGE - 1) == addr & !(PAGE - 1));
         if let Ok(mut v) = s2.try_lock() {
             v.push((addr, req.block(), req.is_write(), in_regs));
         }
@@ -312,7 +315,10 @@ fn prefetch_upcall_sees_registers_block_and_access_and_reads_only_local_memory()
     if farmem::Engine::fault_mode(&e) == farmem::FaultMode::Sigbus {
         assert!(in_regs, "the faulting pointer is not among the registers");
     }
-    assert!(seen.iter().any(|&(a, _, w, _)| a == base + at + 800 && w), "{seen:?}");
+    assert!(
+        seen.iter().any(|&(a, _, w, _)| a == base + at + 800 && w),
+        "{seen:?}"
+    );
     // Local memory reads; far memory, and what is outside the region, do not.
     let mut buf = [0u8; 8];
     assert!(r.read_local(base + 37 * PAGE, &mut buf));

@@ -152,6 +152,7 @@ fn write_back_and_free(s: &Shared, victims: &[Victim], scratch: &mut [u8]) {
     }
     for (i, (r, page, _)) in victims.iter().enumerate() {
         r.states[*page as usize].unlock(next[i]);
+        crate::trace::record(crate::trace::Kind::Evict, *page);
     }
     s.release_frames(n);
     let c = &s.counters;
