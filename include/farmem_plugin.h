@@ -57,9 +57,17 @@ struct farmem_fault {
                              program was working with (a list node, an iterator) */
 };
 
-/* The fault upcall's return value may carry this bit: the ranges asked for are all this
- * fault needs, so farmem's own prefetch (readahead) is skipped for it. */
+/* The fault upcall's return value may carry these bits besides the count:
+ * ENOUGH: the ranges asked for are all this fault needs, so farmem's own prefetch
+ *   (readahead) is skipped for it.
+ * WHOLE: the ranges are objects the program will read to their ends (a list's next
+ *   nodes, say): they are mapped at once, with no marker page (whose first touch would
+ *   be a minor fault and a prefetch hit), and their use is not counted. Without it, the
+ *   ranges are guesses: installed like readahead's, the far end of each unmapped as its
+ *   marker, so that their use is counted and the upcall runs again when the program
+ *   reaches it. */
 #define FARMEM_PLUGIN_ENOUGH ((size_t)1 << (sizeof(size_t) * 8 - 1))
+#define FARMEM_PLUGIN_WHOLE ((size_t)1 << (sizeof(size_t) * 8 - 2))
 
 /* A plug-in, as `farmem_plugin` describes it. */
 struct farmem_plugin {

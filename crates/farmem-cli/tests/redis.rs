@@ -190,6 +190,77 @@ fn redis_get_mix_bgsave_and_reload(allocator: &str) {
     bgsave_stop_and_reload(server, &d);
 }
 
+/// The Redis guide plug-in (plugins/redis_guide.c) under LRANGE at a quarter of the
+/// dataset local: every reply checked, every key read back, and the guide did find the
+/// lists (it asked for ranges on most faults).
+#[test]
+fn the_redis_guide_plugin_under_lrange_changes_no_reply() {
+    if missing_redis().is_some() {
+        return;
+    }
+    if Command::new("gcc").arg("--version").output().is_err() {
+        eprintln!("skipping: gcc is not available");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let so = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("redis_guide-{}.so", std::process::id()));
+    let out = Command::new("gcc")
+        .args([
+            "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I",
+        ])
+        .arg(root.join("include"))
+        .arg(root.join("plugins/redis_guide.c"))
+        .arg("-o")
+        .arg(&so)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = Dataset::new(WorkloadKind::Lrange, 16 * MIB, 5).unwrap();
+    let local = (16 * MIB / 4).to_string();
+    let config = ServerConfig {
+        wrapper: vec![
+            env!("CARGO_BIN_EXE_farmem").into(),
+            "run".into(),
+            "--local-mem".into(),
+            local,
+            "--plugin".into(),
+            so.display().to_string(),
+            "--stats".into(),
+            "--".into(),
+        ],
+        ..ServerConfig::default()
+    };
+    let server = RedisServer::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    load_verify_and_read(&server, &d);
+    let mut c = server.client().unwrap();
+    verify_all(&mut c, &d).unwrap().into_result().unwrap();
+    drop(c);
+    let stopped = server.stop().unwrap();
+    let _ = std::fs::remove_file(&so);
+    let line = stopped
+        .log
+        .lines()
+        .find(|l| l.contains("plug-in redis-guide:"))
+        .unwrap_or_else(|| panic!("no plug-in line in the stats\n{}", stopped.log));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // calls, taken, ignored
+    assert_eq!(nums.len(), 3, "{line}");
+    assert!(nums[0] > 100, "few faults reached the guide: {line}");
+    assert!(nums[1] > nums[0] / 2, "the guide found few lists: {line}");
+    assert_eq!(
+        nums[2], 0,
+        "the guide asked for ranges outside the heap: {line}"
+    );
+}
+
 #[test]
 fn farmem_run_redis_get_mix_bgsave_and_reload() {
     redis_get_mix_bgsave_and_reload("farslab");

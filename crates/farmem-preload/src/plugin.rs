@@ -10,8 +10,8 @@
 
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::sync::OnceLock;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use crate::capi::FarmemRange;
 
@@ -32,6 +32,7 @@ struct Fault {
 const FAULT_WRITE: u32 = 1;
 const FAULT_HIT: u32 = 2;
 const ENOUGH: usize = 1 << (usize::BITS - 1);
+const WHOLE: usize = 1 << (usize::BITS - 2);
 
 /// `struct farmem_plugin`.
 #[repr(C)]
@@ -138,6 +139,11 @@ fn warn_once(flag: &AtomicBool, parts: &[&[u8]]) {
     }
 }
 
+/// Calls of the fault callback, ranges taken from it, ranges ignored.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+static IGNORED: AtomicU64 = AtomicU64::new(0);
+
 static WARNED_RANGE: AtomicBool = AtomicBool::new(false);
 static WARNED_COUNT: AtomicBool = AtomicBool::new(false);
 
@@ -163,7 +169,8 @@ impl Plugin {
         // SAFETY: the plug-in's fault callback, called as farmem_plugin.h documents: a
         // valid fault description and room for MAX_RANGES ranges, both on our stack.
         let ret = unsafe { (self.fault)(&f, out.as_mut_ptr(), MAX_RANGES) };
-        let n = ret & !ENOUGH;
+        CALLS.fetch_add(1, Relaxed);
+        let n = ret & !(ENOUGH | WHOLE);
         if n > MAX_RANGES {
             warn_once(
                 &WARNED_COUNT,
@@ -181,8 +188,14 @@ impl Plugin {
                 && a.wrapping_sub(base) < len
                 && a.checked_add(r.len).is_some_and(|e| e <= base + len);
             if inside {
-                req.range(a, r.len);
+                TAKEN.fetch_add(1, Relaxed);
+                if ret & WHOLE != 0 {
+                    req.object(a, r.len);
+                } else {
+                    req.range(a, r.len);
+                }
             } else {
+                IGNORED.fetch_add(1, Relaxed);
                 warn_once(
                     &WARNED_RANGE,
                     &[
@@ -196,6 +209,17 @@ impl Plugin {
         if ret & ENOUGH != 0 {
             req.enough();
         }
+    }
+
+    /// One line for the statistics at exit.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "plug-in {}: {} fault calls, {} ranges taken, {} ignored",
+            self.name,
+            CALLS.load(Relaxed),
+            TAKEN.load(Relaxed),
+            IGNORED.load(Relaxed)
+        )
     }
 
     /// A block of the far heap was allocated.

@@ -490,6 +490,9 @@ extern "C" fn finish() {
                 st.far_pages as f64 / 256.0
             ));
         }
+        if let Some(p) = crate::plugin::get() {
+            out.push_str(&format!("farmem:   {}\n", p.summary()));
+        }
         if GUARD_ON.load(Relaxed) {
             out.push_str(&format!(
                 "farmem:   syscall guard: on, {} system calls dispatched ({} with far buffers)\n",
