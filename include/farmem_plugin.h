@@ -69,6 +69,13 @@ struct farmem_fault {
 #define FARMEM_PLUGIN_ENOUGH ((size_t)1 << (sizeof(size_t) * 8 - 1))
 #define FARMEM_PLUGIN_WHOLE ((size_t)1 << (sizeof(size_t) * 8 - 2))
 
+/* What the priority callback says about a page. */
+enum farmem_priority {
+    FARMEM_PRIORITY_KEEP = 0,       /* leave it local while anything else can go */
+    FARMEM_PRIORITY_NORMAL = 1,     /* as farmem's policy decides (any other value too) */
+    FARMEM_PRIORITY_EVICT_FIRST = 2 /* evict it at the reclaimer's next pass, used or not */
+};
+
 /* A plug-in, as `farmem_plugin` describes it. */
 struct farmem_plugin {
     uint32_t abi;     /* FARMEM_PLUGIN_ABI */
@@ -81,6 +88,11 @@ struct farmem_plugin {
      * realloc that the far heap serves: keep them short. */
     void (*alloc)(void *addr, size_t size);
     void (*free)(void *addr, size_t size);
+    /* Optional: an eviction hint, asked for each resident page (`len` bytes at `page`)
+     * that the reclaimer's hand passes, on its thread or on a faulting thread reclaiming
+     * for itself (so possibly inside a fault, like `fault`). Returns an enum
+     * farmem_priority. Pages kept still go when nothing else can. */
+    int (*priority)(void *page, size_t len);
 };
 
 /* Exported by the plug-in (under this name, with C linkage). */

@@ -488,11 +488,12 @@ fn the_minimal_plugin_is_called_and_the_program_runs_right() {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    // faults, hits, allocations, frees
-    assert_eq!(nums.len(), 4, "{line}");
+    // faults, hits, allocations, frees, eviction hints
+    assert_eq!(nums.len(), 5, "{line}");
     assert!(nums[0] > 1000, "few faults reached the plug-in: {line}");
     assert!(nums[2] >= 40000, "allocations not all seen: {line}");
     assert!(nums[3] > 0, "no frees seen: {line}");
+    assert!(nums[4] > 1000, "the eviction hint was not asked: {line}");
 }
 
 /// A plug-in that asks for ranges outside the heap, unaligned, enormous and empty ones,

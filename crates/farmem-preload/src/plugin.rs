@@ -8,7 +8,7 @@
 //! it had room for, or a zero length are ignored and reported once on stderr, never
 //! followed. It reads the program's memory only through `farmem_read`, which never faults.
 
-use std::ffi::{CStr, CString, c_char, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -42,6 +42,7 @@ struct Desc {
     fault: Option<unsafe extern "C" fn(*const Fault, *mut FarmemRange, usize) -> usize>,
     alloc: Option<unsafe extern "C" fn(*mut c_void, usize)>,
     free: Option<unsafe extern "C" fn(*mut c_void, usize)>,
+    priority: Option<unsafe extern "C" fn(*mut c_void, usize) -> c_int>,
 }
 
 /// A loaded plug-in.
@@ -50,6 +51,7 @@ pub(crate) struct Plugin {
     fault: unsafe extern "C" fn(*const Fault, *mut FarmemRange, usize) -> usize,
     alloc: Option<unsafe extern "C" fn(*mut c_void, usize)>,
     free: Option<unsafe extern "C" fn(*mut c_void, usize)>,
+    priority: Option<unsafe extern "C" fn(*mut c_void, usize) -> c_int>,
 }
 
 static PLUGIN: OnceLock<Plugin> = OnceLock::new();
@@ -124,6 +126,7 @@ pub(crate) fn load(path: &str) -> Result<(), String> {
             fault,
             alloc: d.alloc,
             free: d.free,
+            priority: d.priority,
         })
         .map_err(|_| "two plug-ins loaded".to_string())
 }
@@ -220,6 +223,22 @@ impl Plugin {
             TAKEN.load(Relaxed),
             IGNORED.load(Relaxed)
         )
+    }
+
+    /// The plug-in's eviction hint for the page at `addr`, if it has one.
+    pub(crate) fn hint(
+        &self,
+    ) -> Option<impl Fn(usize) -> farmem::Priority + Send + Sync + 'static> {
+        let f = self.priority?;
+        Some(move |addr: usize| {
+            // SAFETY: the plug-in's optional callback, with a resident page of the far
+            // heap, as farmem_plugin.h documents.
+            match unsafe { f(addr as *mut c_void, 4096) } {
+                0 => farmem::Priority::Keep,
+                2 => farmem::Priority::EvictFirst,
+                _ => farmem::Priority::Normal,
+            }
+        })
     }
 
     /// A block of the far heap was allocated.

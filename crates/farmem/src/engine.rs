@@ -344,6 +344,7 @@ impl Engine {
             &c.object_remapped,
             &c.pointer_reads,
             &c.pointer_targets,
+            &c.kept_by_hint,
             &c.prefetch_hits,
             &c.prefetch_unused,
             &c.prefetch_throttled,

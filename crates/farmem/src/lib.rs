@@ -235,6 +235,20 @@ impl std::fmt::Display for PrefetchSpec {
     }
 }
 
+/// What an eviction hint says about a page ([`Region::set_evict_hint`]; a plug-in's
+/// `priority` callback).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Priority {
+    /// Leave it local while anything else can go: the reclaimer's hand passes it by
+    /// (unless nothing else can be evicted).
+    Keep,
+    /// As the policy decides.
+    #[default]
+    Normal,
+    /// Evict it at the hand's next pass, used or not.
+    EvictFirst,
+}
+
 /// How a range of a region will be used ([`Region::advise`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Advice {

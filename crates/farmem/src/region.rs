@@ -253,6 +253,29 @@ impl Region {
         *self.inner.blocks.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(table));
     }
 
+    /// Sets the eviction hint: `hint(page_addr)` says whether a resident page should be
+    /// kept, evicted first, or left to the policy ([`crate::Priority`]). The reclaimer
+    /// asks it for every resident page of a chunk its hand passes (on the reclaimer's
+    /// thread, or a faulting thread reclaiming for itself: it must not touch far memory,
+    /// block or allocate). Pages kept this way still go when nothing else can: a hint
+    /// never stops reclaim.
+    pub fn set_evict_hint(&self, hint: impl Fn(usize) -> crate::Priority + Send + Sync + 'static) {
+        *self
+            .inner
+            .evict_hint
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hint));
+    }
+
+    /// Removes the eviction hint.
+    pub fn clear_evict_hint(&self) {
+        *self
+            .inner
+            .evict_hint
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Turns the pointer chase on or off for this region (the engine's
     /// [`Builder::pointer_prefetch`](crate::Builder::pointer_prefetch) sets where it
     /// starts).

@@ -112,6 +112,7 @@ pub(crate) struct Counters {
     pub object_remapped: AtomicU64,
     pub pointer_reads: AtomicU64,
     pub pointer_targets: AtomicU64,
+    pub kept_by_hint: AtomicU64,
     pub prefetch_hits: AtomicU64,
     pub prefetch_unused: AtomicU64,
     pub prefetch_throttled: AtomicU64,
@@ -196,6 +197,8 @@ pub struct Stats {
     /// Far heap blocks the pointer chase prefetched (their pages are among
     /// `prefetched_pages`).
     pub pointer_targets: u64,
+    /// Resident pages the clock hand passed by because an eviction hint said keep.
+    pub kept_by_hint: u64,
     /// Prefetched pages touched before eviction.
     pub prefetch_hits: u64,
     /// Prefetched pages evicted untouched.
@@ -292,6 +295,7 @@ impl Stats {
             object_remapped_pages: l(&c.object_remapped),
             pointer_reads: l(&c.pointer_reads),
             pointer_targets: l(&c.pointer_targets),
+            kept_by_hint: l(&c.kept_by_hint),
             prefetch_hits: l(&c.prefetch_hits),
             prefetch_unused: l(&c.prefetch_unused),
             prefetch_throttled: l(&c.prefetch_throttled),

@@ -40,10 +40,19 @@ static size_t on_fault(const struct farmem_fault *f, struct farmem_range *out, s
     return (max + 1000) | FARMEM_PLUGIN_ENOUGH;
 }
 
+/* Priorities that are not in the enum count as normal; keeping everything must not stop
+ * reclaim. */
+static int priority(void *page, size_t len)
+{
+    (void)len;
+    return ((uintptr_t)page >> 12) % 3 == 0 ? FARMEM_PRIORITY_KEEP : (int)((uintptr_t)page >> 12) * 7919;
+}
+
 static const struct farmem_plugin plugin = {
     .abi = FARMEM_PLUGIN_ABI,
     .name = "wild",
     .fault = on_fault,
+    .priority = priority,
 };
 
 const struct farmem_plugin *farmem_plugin(void)

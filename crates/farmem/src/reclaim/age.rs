@@ -30,6 +30,7 @@
 //! and tested every pass: the classic CLOCK over mappings, where a hot page pays a minor
 //! fault every lap.
 
+use crate::Priority;
 use crate::policy::{CHUNK_PAGES, ChunkBits};
 use crate::state::accessed::ChunkCounts;
 use crate::state::page::{KEPT, Tag, WARM, YOUNG};
@@ -87,9 +88,32 @@ pub(super) fn age(
         ChunkBits::default(),
     );
     let mut victims = 0;
+    let hint = r.evict_hint.try_read().ok().and_then(|h| h.clone());
+    let keep_ok = !s.hints_off.load(Relaxed);
+    let mut first_out = ChunkBits::default();
     for i in 0..len {
         let w = &r.states[first as usize + i];
         let st = w.load();
+        if let Some(h) = &hint
+            && st.is_resident()
+        {
+            match h(r.page_addr(first + i as u64)) {
+                Priority::Keep if keep_ok => {
+                    Counters::bump(&s.counters.kept_by_hint, 1);
+                    continue;
+                }
+                Priority::EvictFirst => {
+                    if st.tag() == Tag::Inactive {
+                        set(cold, i);
+                        victims += 1;
+                    } else {
+                        set(&mut first_out, i);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+        }
         match st.tag() {
             Tag::Inactive if st.young() => {
                 // An unmapped prefetch: its bit is the YOUNG flag, cleared without a zap.
@@ -146,6 +170,7 @@ pub(super) fn age(
     // set unless it stays.
     let mut zap = new;
     or(&mut zap, &warm);
+    or(&mut zap, &first_out);
     let mut warm_after = warm;
     match hot {
         Hot::Stay => {}
@@ -161,6 +186,13 @@ pub(super) fn age(
         ChunkBits::default()
     };
     let unmapped = unmap(s, r, first, len, &zap, &warm_after, &stay);
+    // Pages hinted out: victims now, used or not, once unmapped.
+    for i in 0..len {
+        if get(&first_out, i) && get(&unmapped, i) {
+            set(cold, i);
+            victims += 1;
+        }
+    }
     if hot == Hot::Cold {
         // Unused for a whole lap although mapped: victims now, already unmapped above.
         let mut n = 0;

@@ -104,6 +104,9 @@ pub(crate) fn evict_some(s: &Shared, want: usize, scratch: &mut [u8]) -> usize {
         p.select(want, &mut view);
         view.into_victims()
     };
+    // Hints kept every page the hand could take: the next selection ignores `Keep`.
+    let stuck = victims.is_empty() && want > 0;
+    s.hints_off.store(stuck, Relaxed);
     evict_locked(s, victims, scratch)
 }
 

@@ -21,6 +21,9 @@ use std::sync::atomic::{
 };
 use std::sync::{Arc, Mutex, RwLock};
 
+/// An eviction hint: a page's address to its [`crate::Priority`].
+pub type EvictHint = dyn Fn(usize) -> crate::Priority + Send + Sync;
+
 pub(crate) struct RegionState {
     pub id: u32,
     pub base: usize,
@@ -39,6 +42,9 @@ pub(crate) struct RegionState {
     pub throttle: Throttle,
     pub advice: RwLock<Vec<(u64, u64, Advice)>>,
     pub hook: RwLock<Option<Arc<PrefetchHook>>>,
+    /// The eviction hint, asked for each resident page the clock hand passes
+    /// (`reclaim/age.rs`).
+    pub evict_hint: RwLock<Option<Arc<EvictHint>>>,
     /// Where the heap's blocks are, for the pointer chase (`prefetch::pointer`).
     pub blocks: RwLock<Option<Arc<BlockTable>>>,
     /// Whether faults here chase pointers.
@@ -196,6 +202,7 @@ impl RegionState {
             throttle: Throttle::default(),
             advice: RwLock::new(Vec::new()),
             hook: RwLock::new(None),
+            evict_hint: RwLock::new(None),
             blocks: RwLock::new(None),
             pointer: AtomicBool::new(shared.config.pointer_prefetch),
             learnt,

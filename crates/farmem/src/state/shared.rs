@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     /// The huge pages taken from the kernel's pool for the budget (huge pages only).
     pub huge_pages: Mutex<Option<crate::sys::hugepages::Reservation>>,
     pub shutdown: AtomicBool,
+    /// The last selection found no victim with eviction hints honoured: the next one
+    /// ignores `Priority::Keep` (a hint never stops reclaim).
+    pub hints_off: AtomicBool,
     /// The reclaimer thread's id (0 until it runs), so that other threads can raise its
     /// priority (`raise_reclaimer`).
     reclaimer_tid: AtomicI32,
@@ -91,6 +94,7 @@ impl Shared {
             fault_mode,
             huge_pages: Mutex::new(None),
             shutdown: AtomicBool::new(false),
+            hints_off: AtomicBool::new(false),
             reclaimer_tid: AtomicI32::new(0),
             reclaimer_urgent: AtomicBool::new(false),
             prefetch_now: Mutex::new(None),
