@@ -25,7 +25,7 @@
 //! fetched per fault. A prefetched page's first touch (its minor fault) starts the next
 //! chase, so a walk is followed a few blocks ahead all the way along.
 //!
-//! Which pointers are followed is learnt ([`Learnt`]): a walk's next pointer and the
+//! Which pointers are followed is learnt (`Learnt`): a walk's next pointer and the
 //! ones beside it look alike.
 //!
 //! # What it costs, and when it pays
