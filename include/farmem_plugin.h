@@ -50,12 +50,20 @@ struct farmem_fault {
     void *block;          /* the heap block it lies in (start), or NULL if unknown */
     size_t block_len;     /* the block's length in bytes, 0 if unknown */
     uint32_t flags;       /* enum farmem_fault_flags */
-    uint32_t nregs;       /* entries in regs: 15 on x86-64 (rax, rbx, rcx, rdx, rsi, rdi,
-                             rbp, r8 to r15), 0 where the fault is resolved on another
-                             thread (the thread fault mode) */
+    uint32_t nregs;       /* entries in regs: 16 on x86-64 (rax, rbx, rcx, rdx, rsi, rdi,
+                             rbp, r8 to r15, and rsp last), 0 where the fault is
+                             resolved on another thread (the thread fault mode) */
     const uint64_t *regs; /* the faulting thread's registers at the fault: what the
                              program was working with (a list node, an iterator) */
+    uint32_t nstack;      /* words in stack (0 without registers, or if unreadable) */
+    const uint64_t *stack; /* a copy of the faulting thread's stack from rsp up (up to
+                              FARMEM_PLUGIN_STACK_WORDS words): its callers' locals and
+                              spilled registers, such as a structure the walk keeps on
+                              the stack */
 };
+
+/* Words of the faulting thread's stack copied into struct farmem_fault. */
+#define FARMEM_PLUGIN_STACK_WORDS 64
 
 /* The fault upcall's return value may carry these bits besides the count:
  * ENOUGH: the ranges asked for are all this fault needs, so farmem's own prefetch

@@ -7,7 +7,8 @@
  * touched often) and the listpacks are far, so every listpack is a major fault, each
  * one found only when the walk reaches it. This guide brings the next listpacks in with
  * the fault on one: on a fault inside a listpack it finds the node being walked (in a
- * register: the node, or the list iterator that points at it), and asks for the
+ * register or on the stack: the node, or a list iterator or entry that points at it),
+ * and asks for the
  * listpacks of the next AHEAD nodes, in the walk's direction, each whole (its length is
  * in the node) and mapped at once. The next fault, AHEAD listpacks on, does it again. Strings need no guide: farmem's object prefetch already fetches a large
  * value whole on its first fault.
@@ -66,16 +67,23 @@ static int holds(const struct ql_node *n, const void *addr)
     return a >= n->entry && a < n->entry + n->sz;
 }
 
-/* The register (and whether it held the iterator) that led to the node last time: tried
- * first, so that a fault usually costs two or three reads. */
-static _Atomic int last_reg = -1, last_was_iter;
+/* The word (a register, or a stack slot from FARMEM_PLUGIN_STACK_WORDS on) and how it
+ * led to the node last time: tried first, so that a fault usually costs two or three
+ * reads. */
+static _Atomic int last_word = -1, last_was_iter;
 
-/* Finds the node whose listpack holds `addr`, from register `r`: the node itself, or an
- * iterator pointing at it. Sets *dir to the walk's direction (0 forward). */
-static int from_reg(const struct farmem_fault *f, int r, int as_iter, struct ql_node *n,
-                    int *dir)
+/* Word `i` of the fault's context: the registers, then the stack. */
+static uint64_t word(const struct farmem_fault *f, int i)
 {
-    const void *v = (const void *)(uintptr_t)f->regs[r];
+    return (unsigned)i < f->nregs ? f->regs[i] : f->stack[i - (int)f->nregs];
+}
+
+/* Finds the node whose listpack holds `addr`, from word `w`: the node itself, or an
+ * iterator pointing at it. Sets *dir to the walk's direction (0 forward). */
+static int from_word(const struct farmem_fault *f, int w, int as_iter, struct ql_node *n,
+                     int *dir)
+{
+    const void *v = (const void *)(uintptr_t)word(f, w);
     if (!as_iter) {
         *dir = 0;
         return read_node(v, n) && holds(n, f->addr);
@@ -89,18 +97,21 @@ static int from_reg(const struct farmem_fault *f, int r, int as_iter, struct ql_
 
 static size_t on_fault(const struct farmem_fault *f, struct farmem_range *out, size_t max)
 {
-    if (f->nregs == 0 || !f->block || f->block_len < 64)
+    if (f->nregs + f->nstack == 0 || !f->block || f->block_len < 64)
         return 0;
     struct ql_node n;
     int dir = 0, found = 0;
-    int lr = atomic_load_explicit(&last_reg, memory_order_relaxed);
-    if (lr >= 0 && (unsigned)lr < f->nregs)
-        found = from_reg(f, lr, atomic_load_explicit(&last_was_iter, memory_order_relaxed), &n, &dir);
-    for (unsigned r = 0; !found && r < f->nregs; r++)
+    int words = (int)(f->nregs + f->nstack);
+    int lw = atomic_load_explicit(&last_word, memory_order_relaxed);
+    if (lw >= 0 && lw < words)
+        found = from_word(f, lw, atomic_load_explicit(&last_was_iter, memory_order_relaxed), &n, &dir);
+    /* The registers, then the stack: a walk keeps its cursor in one or the other (the
+     * first listpack of an LRANGE is reached through a quicklistEntry on the stack). */
+    for (int w = 0; !found && w < words; w++)
         for (int as_iter = 0; !found && as_iter < 2; as_iter++)
-            if (from_reg(f, (int)r, as_iter, &n, &dir)) {
+            if (from_word(f, w, as_iter, &n, &dir)) {
                 found = 1;
-                atomic_store_explicit(&last_reg, (int)r, memory_order_relaxed);
+                atomic_store_explicit(&last_word, w, memory_order_relaxed);
                 atomic_store_explicit(&last_was_iter, as_iter, memory_order_relaxed);
             }
     if (!found)

@@ -27,6 +27,42 @@ struct Fault {
     flags: u32,
     nregs: u32,
     regs: *const u64,
+    nstack: u32,
+    stack: *const u64,
+}
+
+/// Words of the faulting thread's stack copied for the plug-in (FARMEM_PLUGIN_STACK_WORDS).
+const STACK_WORDS: usize = 64;
+
+/// Copies up to `out.len()` words of this process's memory at `sp` into `out` without a
+/// chance of faulting (process_vm_readv stops at the first unmapped byte); returns the
+/// words copied.
+fn copy_stack(sp: usize, out: &mut [u64]) -> usize {
+    if sp == 0 || !sp.is_multiple_of(8) {
+        return 0;
+    }
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len() * 8,
+    };
+    // The first page only, then the next: a read across the stack's top end stops there.
+    let first = (4096 - sp % 4096).min(out.len() * 8);
+    let remote = [
+        libc::iovec {
+            iov_base: sp as *mut c_void,
+            iov_len: first,
+        },
+        libc::iovec {
+            iov_base: (sp + first) as *mut c_void,
+            iov_len: out.len() * 8 - first,
+        },
+    ];
+    let n_remote = if first < out.len() * 8 { 2 } else { 1 };
+    // SAFETY: reads our own memory into `out` (valid for its length); the kernel checks
+    // the remote ranges and returns what it could read.
+    let n =
+        unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, remote.as_ptr(), n_remote, 0) };
+    if n < 0 { 0 } else { n as usize / 8 }
 }
 
 const FAULT_WRITE: u32 = 1;
@@ -156,6 +192,13 @@ impl Plugin {
     pub(crate) fn fault(&self, addr: usize, req: &mut farmem::PrefetchRequest) {
         let regs = req.registers();
         let (block, block_len) = req.block().map_or((0, 0), |(s, e)| (s, e - s));
+        let mut stack = [0u64; STACK_WORDS];
+        let nstack = match regs.last() {
+            Some(&sp) if regs.len() == farmem::sys::signal::TRAP_REGS => {
+                copy_stack(sp as usize, &mut stack)
+            }
+            _ => 0,
+        };
         let f = Fault {
             addr: addr as *mut c_void,
             block: block as *mut c_void,
@@ -164,6 +207,8 @@ impl Plugin {
                 | if req.is_prefetch_hit() { FAULT_HIT } else { 0 },
             nregs: regs.len() as u32,
             regs: regs.as_ptr(),
+            nstack: nstack as u32,
+            stack: stack.as_ptr(),
         };
         let mut out = [FarmemRange {
             addr: std::ptr::null_mut(),

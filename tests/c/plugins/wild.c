@@ -3,7 +3,8 @@
  * unaligned and enormous ones, the address 0, and more ranges than it was given room
  * for (it writes only `max`, and says more). The program must run exactly as without
  * it. Reads the faulting block with farmem_read and checks that reads of far or foreign
- * memory fail instead of faulting.
+ * memory fail instead of faulting, and that a fault with registers comes with a copy of
+ * the stack.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -20,6 +21,13 @@ static size_t on_fault(const struct farmem_fault *f, struct farmem_range *out, s
     /* Memory that is not the far heap: refused, never read. */
     if (farmem_read(&stack_word, &w, sizeof w) == 0 || farmem_read(NULL, &w, 8) == 0) {
         static const char msg[] = "wild plug-in: farmem_read read outside the far heap\n";
+        if (write(2, msg, sizeof msg - 1) < 0)
+            abort();
+        abort();
+    }
+    /* With the registers (the in-thread fault mode) comes a copy of the stack. */
+    if (f->nregs > 0 && (f->nstack == 0 || f->nstack > FARMEM_PLUGIN_STACK_WORDS || !f->stack)) {
+        static const char msg[] = "wild plug-in: registers without a stack copy\n";
         if (write(2, msg, sizeof msg - 1) < 0)
             abort();
         abort();

@@ -70,9 +70,9 @@ impl<'a> PrefetchRequest<'a> {
     }
 
     /// The faulting thread's general-purpose registers at the fault (x86-64: rax, rbx,
-    /// rcx, rdx, rsi, rdi, rbp, r8 to r15), what the program was working with: a list
-    /// node, an iterator. Empty where the fault is resolved on another thread (the
-    /// thread fault mode).
+    /// rcx, rdx, rsi, rdi, rbp, r8 to r15, and rsp last), what the program was working
+    /// with: a list node, an iterator. Empty where the fault is resolved on another
+    /// thread (the thread fault mode).
     pub fn registers(&self) -> &[u64] {
         self.regs
     }

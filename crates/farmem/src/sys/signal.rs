@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Runs in signal context: no allocation, no locks that the interrupted code may hold.
 pub type FaultFn = fn(trap: &Trap) -> bool;
 
-/// General-purpose registers a [`Trap`] carries (x86-64: rax to r15, without rsp).
-pub const TRAP_REGS: usize = 15;
+/// General-purpose registers a [`Trap`] carries (x86-64: rax, rbx, rcx, rdx, rsi, rdi,
+/// rbp, r8 to r15, and rsp last).
+pub const TRAP_REGS: usize = 16;
 
 /// A fault as the SIGBUS handler sees it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,6 +59,7 @@ impl Trap {
                 libc::REG_R13,
                 libc::REG_R14,
                 libc::REG_R15,
+                libc::REG_RSP,
             ];
             for (out, r) in t.regs.iter_mut().zip(regs) {
                 *out = g[r as usize] as u64;
