@@ -18,7 +18,10 @@
  * which copies what is local and fails on what is not, never faulting. Ranges a plug-in
  * asks for are hints: farmem clips them to the far heap, brings in whole verified pages
  * and caps how many it takes per fault; one outside the heap, or more than `max`, is
- * ignored and reported once on stderr. Wrong hints cost time, never data.
+ * ignored and reported once on stderr. Wrong hints cost time, never data. A plug-in
+ * that crashes (SIGSEGV, SIGILL, SIGFPE, or abort, as a Rust panic does) stops the
+ * program with one line naming it; one that touches far memory directly inside a fault
+ * is killed by the kernel.
  *
  * Build: cc -O2 -shared -fPIC -I/usr/local/include my_plugin.c -o my_plugin.so
  * (no library to link: the calls below are provided by farmem in the running program).

@@ -143,6 +143,8 @@ fn compile_all() -> Option<PathBuf> {
     };
     plugin("minimal.so", repo_root().join("plugins/minimal.c"), &[]);
     plugin("wild.so", src.join("plugins/wild.c"), &[]);
+    plugin("crash.so", src.join("plugins/crash.c"), &[]);
+    plugin("crash-abort.so", src.join("plugins/crash.c"), &["ABORT"]);
     for d in ["NO_SYMBOL", "WRONG_ABI", "NULL_PLUGIN", "NO_FAULT"] {
         plugin(
             &format!("bad-{}.so", d.to_lowercase()),
@@ -521,6 +523,42 @@ fn a_plugin_that_asks_for_wild_ranges_changes_no_data() {
             1,
             "want one line saying `{what}`\n{}",
             describe(&out)
+        );
+    }
+}
+
+/// A plug-in that crashes in its fault callback (a null dereference, or an abort as a
+/// Rust plug-in's panic is) stops the program with one line that names it, inside the
+/// fault where every other signal is blocked; the program does not go on.
+#[test]
+fn a_plugin_that_crashes_stops_the_program_with_one_line() {
+    for (name, what) in [
+        ("crash.so", "SIGSEGV at address 0"),
+        ("crash-abort.so", "SIGABRT"),
+    ] {
+        let Some(out) = under_plugin(name) else {
+            return;
+        };
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!out.status.success(), "{name}\n{}", describe(&out));
+        assert!(
+            !stdout.contains("listwalk: ok"),
+            "{name}: the program went on\n{}",
+            describe(&out)
+        );
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("farmem:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{name}: want one line\n{}", describe(&out));
+        assert!(
+            lines[0].starts_with("farmem: fatal: plug-in crash crashed (")
+                && lines[0].contains(what),
+            "{name}: {}",
+            lines[0]
         );
     }
 }

@@ -101,6 +101,103 @@ pub(crate) fn get() -> Option<&'static Plugin> {
 /// Ranges a fault may ask for.
 const MAX_RANGES: usize = 16;
 
+thread_local! {
+    /// This thread is inside one of the plug-in's callbacks.
+    static IN_PLUGIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The signals a crashing plug-in raises, reported as its crash.
+const CRASHES: [c_int; 4] = [libc::SIGSEGV, libc::SIGILL, libc::SIGFPE, libc::SIGABRT];
+
+/// Runs `f` as the plug-in: its crashes are reported as such (one line, then the
+/// process stops), also inside a fault, where every signal is otherwise blocked.
+fn as_plugin<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset operations on a local set; pthread_sigmask is async-signal-safe.
+    let old = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in CRASHES {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, &mut old);
+        old
+    };
+    let was = IN_PLUGIN.with(|c| c.replace(true));
+    let r = f();
+    IN_PLUGIN.with(|c| c.set(was));
+    // SAFETY: restores this thread's mask as it was.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r
+}
+
+extern "C" fn on_crash(sig: c_int, info: *mut libc::siginfo_t, _ctx: *mut c_void) {
+    let _sud = farmem::sys::sud::allow();
+    if IN_PLUGIN.try_with(|c| c.get()).unwrap_or(false) {
+        let name = get().map_or("?", |p| p.name.as_str());
+        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+        let addr = unsafe { (*info).si_addr() } as u64;
+        let mut a = [0u8; 20];
+        let what: &[u8] = match sig {
+            libc::SIGSEGV => b"SIGSEGV at address ",
+            libc::SIGILL => b"SIGILL at address ",
+            libc::SIGFPE => b"SIGFPE at address ",
+            _ => b"SIGABRT: it aborted, or panicked",
+        };
+        let at = if sig == libc::SIGABRT {
+            &[][..]
+        } else {
+            farmem::sys::signal::fmt_u64(addr, &mut a)
+        };
+        // fatal() ends with abort(): its SIGABRT must take the default action, not come
+        // back here.
+        // SAFETY: a zeroed sigaction with the default disposition.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut());
+        }
+        farmem::sys::signal::fatal(&[
+            b"farmem: fatal: plug-in ",
+            name.as_bytes(),
+            b" crashed (",
+            what,
+            at,
+            b"); the program is stopped. Fix the plug-in or run without --plugin\n",
+        ]);
+    }
+    // Not the plug-in's: the default action, as if this handler were not there.
+    // SAFETY: restores the default disposition; returning re-runs the faulting
+    // instruction (or, for a raised signal, the next raise) under it.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+        if sig == libc::SIGABRT {
+            libc::raise(sig);
+        }
+    }
+}
+
+/// Installs the crash report for the signals a plug-in's bug raises (before the
+/// program's own handlers, which replace it).
+fn install_crash_report() -> Result<(), String> {
+    for s in CRASHES {
+        // SAFETY: a zeroed sigaction with our SA_SIGINFO handler and an empty mask.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_crash as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(s, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err("cannot install the plug-in's crash report (sigaction)".into());
+        }
+    }
+    Ok(())
+}
+
 /// Loads the plug-in at `path` (before the heap starts). The error is the line to print.
 pub(crate) fn load(path: &str) -> Result<(), String> {
     let what = format!("plug-in {path}");
@@ -156,6 +253,7 @@ pub(crate) fn load(path: &str) -> Result<(), String> {
             "{what} ({name}) has no fault callback (struct farmem_plugin.fault)"
         ));
     };
+    install_crash_report()?;
     PLUGIN
         .set(Plugin {
             name,
@@ -216,7 +314,7 @@ impl Plugin {
         }; MAX_RANGES];
         // SAFETY: the plug-in's fault callback, called as farmem_plugin.h documents: a
         // valid fault description and room for MAX_RANGES ranges, both on our stack.
-        let ret = unsafe { (self.fault)(&f, out.as_mut_ptr(), MAX_RANGES) };
+        let ret = as_plugin(|| unsafe { (self.fault)(&f, out.as_mut_ptr(), MAX_RANGES) });
         CALLS.fetch_add(1, Relaxed);
         let n = ret & !(ENOUGH | WHOLE);
         if n > MAX_RANGES {
@@ -278,7 +376,7 @@ impl Plugin {
         Some(move |addr: usize| {
             // SAFETY: the plug-in's optional callback, with a resident page of the far
             // heap, as farmem_plugin.h documents.
-            match unsafe { f(addr as *mut c_void, 4096) } {
+            match as_plugin(|| unsafe { f(addr as *mut c_void, 4096) }) {
                 0 => farmem::Priority::Keep,
                 2 => farmem::Priority::EvictFirst,
                 _ => farmem::Priority::Normal,
@@ -291,7 +389,7 @@ impl Plugin {
     pub(crate) fn allocated(&self, addr: usize, size: usize) {
         if let Some(f) = self.alloc {
             // SAFETY: the plug-in's optional callback, with a block of the far heap.
-            unsafe { f(addr as *mut c_void, size) };
+            as_plugin(|| unsafe { f(addr as *mut c_void, size) });
         }
     }
 
@@ -300,7 +398,7 @@ impl Plugin {
     pub(crate) fn freeing(&self, addr: usize, size: usize) {
         if let Some(f) = self.free {
             // SAFETY: as above.
-            unsafe { f(addr as *mut c_void, size) };
+            as_plugin(|| unsafe { f(addr as *mut c_void, size) });
         }
     }
 }
