@@ -24,6 +24,12 @@ static MMAPS: Mutex<BTreeMap<usize, (usize, usize)>> = Mutex::new(BTreeMap::new(
 /// Starts the heap over `region` (before the runtime is published as ready).
 pub(crate) fn init(region: &'static farmem::Region, kind: HeapKind) -> Result<(), String> {
     let heap = Heap::new(region, kind).map_err(|e| format!("cannot start the {kind} heap: {e}"))?;
+    if crate::plugin::get().is_some() || std::env::var_os("FARMEM_TRACE").is_some() {
+        heap.set_observer(|e| match e {
+            farmem::heap::HeapEvent::Alloc { addr, size } => notify(Kind::Alloc, addr, size),
+            farmem::heap::HeapEvent::Free { addr, size } => notify(Kind::Free, addr, size),
+        });
+    }
     HEAP.set(heap).map_err(|_| "heap started twice".to_string())
 }
 
@@ -80,7 +86,6 @@ pub(crate) fn alloc(size: usize, align: usize, caller: usize, zero: bool) -> *mu
     match p {
         Some(p) => {
             crate::extent::record(p.as_ptr() as usize, size);
-            notify_alloc(p.as_ptr() as usize, size);
             p.as_ptr().cast()
         }
         None => {
@@ -90,32 +95,20 @@ pub(crate) fn alloc(size: usize, align: usize, caller: usize, zero: bool) -> *mu
     }
 }
 
-/// Tells the plug-in and the trace that a block of the far heap was allocated.
-#[inline]
-fn notify_alloc(addr: usize, size: usize) {
-    if let Some(pl) = crate::plugin::get() {
-        pl.allocated(addr, size);
-    }
-    let (base, _) = rt::heap_range_relaxed();
-    farmem::trace::record_block(
-        farmem::trace::Kind::Alloc,
-        (addr - base) as u64,
-        size as u64,
-    );
-}
+use farmem::trace::Kind;
 
-/// Tells the plug-in and the trace that a block of the far heap is about to be freed.
-#[inline]
-fn notify_free(addr: usize, usable: usize) {
+/// Tells the plug-in and the trace of a block of the far heap allocated or about to be
+/// freed (the heap's observer, set when either is on).
+fn notify(kind: Kind, addr: usize, size: usize) {
     if let Some(pl) = crate::plugin::get() {
-        pl.freeing(addr, usable);
+        if kind == Kind::Alloc {
+            pl.allocated(addr, size);
+        } else {
+            pl.freeing(addr, size);
+        }
     }
-    let (base, _) = rt::heap_range_relaxed();
-    farmem::trace::record_block(
-        farmem::trace::Kind::Free,
-        (addr - base) as u64,
-        usable as u64,
-    );
+    let (base, _) = rt::heap_range();
+    farmem::trace::record_block(kind, addr.wrapping_sub(base) as u64, size as u64);
 }
 
 fn local_alloc(size: usize, align: usize, zero: bool) -> *mut c_void {
@@ -162,7 +155,6 @@ pub(crate) unsafe fn free(p: *mut c_void) {
     unsafe {
         let usable = h.usable_size(nn);
         crate::extent::forget(p as usize, usable);
-        notify_free(p as usize, usable);
         h.free_sized(nn, usable);
     }
 }
@@ -194,8 +186,7 @@ pub(crate) unsafe fn realloc(p: *mut c_void, size: usize, caller: usize) -> *mut
             Some(q) => {
                 crate::extent::forget(p as usize, old);
                 crate::extent::record(q.as_ptr() as usize, size);
-                notify_free(p as usize, old);
-                notify_alloc(q.as_ptr() as usize, size);
+
                 q.as_ptr().cast()
             }
             None => {

@@ -368,3 +368,59 @@ fn farslab_reused_slots_do_not_fetch_dead_bytes() {
         unsafe { heap.free(p) };
     }
 }
+
+/// The heap's observer hears of every block handed out (with the size asked for) and
+/// every block about to be freed (with its usable size), a moving realloc as both; it is
+/// set once.
+#[test]
+fn the_observer_hears_every_allocation_and_free() {
+    use farmem::heap::HeapEvent;
+    use std::sync::{Arc, Mutex};
+    let e = engine(64 * PAGE);
+    let region = map(e, 64 << 20);
+    let heap = Heap::new(region, HeapKind::Farslab).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    assert!(heap.set_observer(move |ev| s2.lock().unwrap().push(ev)));
+    assert!(!heap.set_observer(|_| {}), "a second observer was taken");
+    let a = heap.alloc(100, 16).unwrap();
+    let b = heap.alloc(20000, 16).unwrap();
+    // SAFETY: live blocks of this heap.
+    let c = unsafe { heap.realloc(a, 50000) }.unwrap();
+    // SAFETY: as above.
+    unsafe {
+        heap.free(b);
+        heap.free(c);
+    }
+    let seen = seen.lock().unwrap();
+    let (ua, ub, uc) = (112, 20480, 53248);
+    assert_eq!(
+        *seen,
+        [
+            HeapEvent::Alloc {
+                addr: a.as_ptr() as usize,
+                size: 100
+            },
+            HeapEvent::Alloc {
+                addr: b.as_ptr() as usize,
+                size: 20000
+            },
+            HeapEvent::Free {
+                addr: a.as_ptr() as usize,
+                size: ua
+            },
+            HeapEvent::Alloc {
+                addr: c.as_ptr() as usize,
+                size: 50000
+            },
+            HeapEvent::Free {
+                addr: b.as_ptr() as usize,
+                size: ub
+            },
+            HeapEvent::Free {
+                addr: c.as_ptr() as usize,
+                size: uc
+            },
+        ]
+    );
+}

@@ -180,7 +180,31 @@ pub struct Heap {
     region: &'static Region,
     imp: Box<dyn Allocator>,
     counters: Counters,
+    observer: std::sync::OnceLock<Box<Observer>>,
 }
+
+/// What a heap tells its observer ([`Heap::set_observer`]): a plug-in's `alloc` and
+/// `free` callbacks, for the library's users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeapEvent {
+    /// A block was handed out: its address and the bytes asked for.
+    Alloc {
+        /// The block.
+        addr: usize,
+        /// Bytes asked for.
+        size: usize,
+    },
+    /// A block is about to be freed: its address and usable size.
+    Free {
+        /// The block.
+        addr: usize,
+        /// Its usable size.
+        size: usize,
+    },
+}
+
+/// A heap's observer (see [`Heap::set_observer`]).
+pub type Observer = dyn Fn(HeapEvent) + Send + Sync;
 
 impl fmt::Debug for Heap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -222,7 +246,15 @@ impl Heap {
             region,
             imp,
             counters: Counters::default(),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the observer, told of every block handed out and every block about to be
+    /// freed (a realloc that moves is both), in the allocating thread. Once per heap; it
+    /// must not allocate from this heap. Returns false if one is set already.
+    pub fn set_observer(&self, f: impl Fn(HeapEvent) + Send + Sync + 'static) -> bool {
+        self.observer.set(Box::new(f)).is_ok()
     }
 
     /// Which allocator this is.
@@ -267,6 +299,23 @@ impl Heap {
         // SAFETY: `p` was just handed out by this allocator.
         let usable = unsafe { self.imp.usable_size(p) };
         self.counters.alloc(size, usable);
+        if let Some(o) = self.observer.get() {
+            o(HeapEvent::Alloc {
+                addr: p.as_ptr() as usize,
+                size,
+            });
+        }
+    }
+
+    #[inline]
+    fn note_free(&self, p: NonNull<u8>, usable: usize) {
+        self.counters.free(usable);
+        if let Some(o) = self.observer.get() {
+            o(HeapEvent::Free {
+                addr: p.as_ptr() as usize,
+                size: usable,
+            });
+        }
     }
 
     /// Frees a block.
@@ -287,7 +336,7 @@ impl Heap {
     /// `usable_size`.
     #[inline]
     pub unsafe fn free_sized(&self, p: NonNull<u8>, usable: usize) {
-        self.counters.free(usable);
+        self.note_free(p, usable);
         // SAFETY: the caller's contract.
         unsafe { self.imp.free(p, usable) }
     }
@@ -313,7 +362,7 @@ impl Heap {
         unsafe {
             let old = self.imp.usable_size(p);
             let q = self.imp.realloc(p, size)?;
-            self.counters.free(old);
+            self.note_free(p, old);
             self.note_alloc(size, q);
             Some(q)
         }
