@@ -16,12 +16,14 @@
  * runs inside the fault, in a signal handler. They must not allocate, take locks the
  * program may hold, or touch far memory: read the program's memory with farmem_read(),
  * which copies what is local and fails on what is not, never faulting. Ranges a plug-in
- * asks for are hints: farmem clips them to the far heap, brings in whole verified pages
- * and caps how many it takes per fault; one outside the heap, or more than `max`, is
- * ignored and reported once on stderr. Wrong hints cost time, never data. A plug-in
+ * asks for are hints: farmem brings in whole verified pages and caps how many it takes
+ * per fault; a range not wholly inside the far heap, an empty one, or more than `max`,
+ * is ignored and reported once on stderr. Wrong hints cost time, never data. A plug-in
  * that crashes (SIGSEGV, SIGILL, SIGFPE, or abort, as a Rust panic does) stops the
- * program with one line naming it; one that touches far memory directly inside a fault
- * is killed by the kernel.
+ * program with one line naming it, unless the program has installed its own handler for
+ * that signal (Redis has, for SIGSEGV: its crash report then names no plug-in); one that
+ * touches far memory directly inside a fault is killed by the kernel. Eviction hints are
+ * asked by the clock policy (`--evict clock`, the default), not by fifo.
  *
  * Build: cc -O2 -shared -fPIC -I/usr/local/include my_plugin.c -o my_plugin.so
  * (no library to link: the calls below are provided by farmem in the running program).

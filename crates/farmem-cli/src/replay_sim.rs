@@ -225,7 +225,7 @@ pub fn replay(all: &References, budget: usize, evict: Evict, mut prefetch: Prefe
                 out.major_faults += 1;
                 ask = Some(false);
             }
-            make_room(&mut resident, &mut order, budget, evict, &mut out);
+            make_room(&mut resident, &mut order, budget, evict);
             let key = match evict {
                 Evict::Belady => next_use[i],
                 _ => clock,
@@ -268,7 +268,7 @@ pub fn replay(all: &References, budget: usize, evict: Evict, mut prefetch: Prefe
             }
             seen.insert(c);
             // A guess evicts like a fault, as the engine's readahead does.
-            make_room(&mut resident, &mut order, budget, evict, &mut out);
+            make_room(&mut resident, &mut order, budget, evict);
             clock += 1;
             let key = match evict {
                 Evict::Belady => next_after(c, i),
@@ -296,7 +296,6 @@ fn make_room(
     order: &mut BTreeSet<(u64, u64)>,
     budget: usize,
     evict: Evict,
-    _out: &mut Replayed,
 ) {
     while resident.len() >= budget {
         let victim = match evict {
@@ -399,7 +398,8 @@ mod tests {
     /// The traced prefetcher brings in what followed each reference in the trace.
     #[test]
     fn the_traced_prefetcher_replays_the_live_decisions() {
-        // Second lap of 0..8 with 100 frames: each major fault on p brought p+1 live.
+        // Two laps of 0..8 with 4 frames: in the second, each major fault on an even page
+        // brought the next page live.
         let mut r = refs((0..2).flat_map(|_| 0..8u64).collect());
         r.after = vec![0];
         for i in 0..16 {

@@ -110,24 +110,18 @@ thread_local! {
 const CRASHES: [c_int; 4] = [libc::SIGSEGV, libc::SIGILL, libc::SIGFPE, libc::SIGABRT];
 
 /// Runs `f` as the plug-in: its crashes are reported as such (one line, then the
-/// process stops), also inside a fault, where every signal is otherwise blocked.
+/// process stops). Inside a fault every signal is blocked, and a synchronous SIGSEGV
+/// while blocked kills the process with no handler run, so there the four are unblocked
+/// for the call (raw system calls: two per call, only inside a fault).
 fn as_plugin<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: sigset operations on a local set; pthread_sigmask is async-signal-safe.
-    let old = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in CRASHES {
-            libc::sigaddset(&mut set, s);
-        }
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, &mut old);
-        old
-    };
+    let masked = farmem::sys::signal::in_handler();
+    let old = masked.then(|| farmem::sys::signal::unblock_raw(&CRASHES));
     let was = IN_PLUGIN.with(|c| c.replace(true));
     let r = f();
     IN_PLUGIN.with(|c| c.set(was));
-    // SAFETY: restores this thread's mask as it was.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    if let Some(old) = old {
+        farmem::sys::signal::set_mask_raw(old);
+    }
     r
 }
 
@@ -151,12 +145,7 @@ extern "C" fn on_crash(sig: c_int, info: *mut libc::siginfo_t, _ctx: *mut c_void
         };
         // fatal() ends with abort(): its SIGABRT must take the default action, not come
         // back here.
-        // SAFETY: a zeroed sigaction with the default disposition.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut());
-        }
+        farmem::sys::signal::default_action_raw(libc::SIGABRT);
         farmem::sys::signal::fatal(&[
             b"farmem: fatal: plug-in ",
             name.as_bytes(),
@@ -166,16 +155,13 @@ extern "C" fn on_crash(sig: c_int, info: *mut libc::siginfo_t, _ctx: *mut c_void
             b"); the program is stopped. Fix the plug-in or run without --plugin\n",
         ]);
     }
-    // Not the plug-in's: the default action, as if this handler were not there.
-    // SAFETY: restores the default disposition; returning re-runs the faulting
-    // instruction (or, for a raised signal, the next raise) under it.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(sig, &sa, std::ptr::null_mut());
-        if sig == libc::SIGABRT {
-            libc::raise(sig);
-        }
+    // Not the plug-in's: the default action, as if this handler were not there;
+    // returning re-runs the faulting instruction under it (a raised signal is raised
+    // again).
+    farmem::sys::signal::default_action_raw(sig);
+    if sig == libc::SIGABRT {
+        // SAFETY: raise(3) on our own thread; async-signal-safe.
+        unsafe { libc::raise(sig) };
     }
 }
 
@@ -368,15 +354,16 @@ impl Plugin {
         )
     }
 
-    /// The plug-in's eviction hint for the page at `addr`, if it has one.
+    /// The plug-in's eviction hint for a page of `unit` bytes at `addr`, if it has one.
     pub(crate) fn hint(
         &self,
+        unit: usize,
     ) -> Option<impl Fn(usize) -> farmem::Priority + Send + Sync + 'static> {
         let f = self.priority?;
         Some(move |addr: usize| {
             // SAFETY: the plug-in's optional callback, with a resident page of the far
             // heap, as farmem_plugin.h documents.
-            match as_plugin(|| unsafe { f(addr as *mut c_void, 4096) }) {
+            match as_plugin(|| unsafe { f(addr as *mut c_void, unit) }) {
                 0 => farmem::Priority::Keep,
                 2 => farmem::Priority::EvictFirst,
                 _ => farmem::Priority::Normal,

@@ -259,7 +259,7 @@ fn init() -> Result<(), String> {
         crate::extent::init(region.as_ptr() as usize, region.len())?;
     }
     region.set_prefetch_hook(heap_prefetch);
-    if let Some(h) = crate::plugin::get().and_then(|p| p.hint()) {
+    if let Some(h) = crate::plugin::get().and_then(|p| p.hint(engine.page_size().bytes())) {
         region.set_evict_hint(h);
     }
     let pin_limit = (budget / 4).max(64 << 10);

@@ -216,8 +216,9 @@ pub(crate) fn resolve(r: &RegionState, addr: usize, write: bool, wake: bool, reg
                         ch.registers(regs, &mut cands);
                         ch.run_local(&mut cands);
                     }
-                    if !cands.is_empty() {
+                    if !cands.is_empty() || chase.is_some() {
                         let (objects, _) = cands.as_slice().split_at(whole);
+                        // With a chase, also when nothing is fetched: its reads count.
                         fetch_ahead(r, &cands, objects, page, chase);
                     }
                 }

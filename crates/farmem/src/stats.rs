@@ -194,7 +194,7 @@ pub struct Stats {
     pub object_remapped_pages: u64,
     /// Heap blocks in local memory the pointer chase read for pointers.
     pub pointer_reads: u64,
-    /// Far heap blocks the pointer chase prefetched (their pages are among
+    /// Far heap blocks the pointer chase asked for (those fetched are among
     /// `prefetched_pages`).
     pub pointer_targets: u64,
     /// Resident pages the clock hand passed by because an eviction hint said keep.
@@ -624,8 +624,12 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "hot set: {} chunks passed, {} by accessed bits; {} pages kept mapped, {} found cold while mapped",
-            self.aged_chunks, self.counted_chunks, self.kept_mapped_pages, self.cold_mapped_pages
+            "hot set: {} chunks passed, {} by accessed bits; {} pages kept mapped, {} found cold while mapped; {} passed by for eviction hints",
+            self.aged_chunks,
+            self.counted_chunks,
+            self.kept_mapped_pages,
+            self.cold_mapped_pages,
+            self.kept_by_hint
         )?;
         writeln!(
             f,

@@ -158,7 +158,14 @@ pub fn start(
         .create(true)
         .truncate(true)
         .open(path)?;
-    let len = HEADER + capacity as usize * EVENT;
+    let len = usize::try_from(capacity)
+        .ok()
+        .and_then(|c| c.checked_mul(EVENT))
+        .and_then(|b| b.checked_add(HEADER))
+        .filter(|&l| l <= 1 << 44)
+        .ok_or_else(|| {
+            io::Error::other(format!("{capacity} events is more than a trace can hold"))
+        })?;
     f.set_len(len as u64)?;
     // SAFETY: a fresh shared mapping of the whole file, checked below; it stays for the
     // rest of the process (the recorder is never freed: the fault path may use it).
@@ -284,8 +291,15 @@ impl Trace {
         let word =
             |i: usize| u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         let recorded = word(slot::COUNT);
-        let count = recorded.min(word(slot::CAPACITY)) as usize;
-        if bytes.len() < HEADER + count * EVENT {
+        let count = recorded.min(word(slot::CAPACITY));
+        let count = match usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(EVENT))
+        {
+            Some(b) if b <= bytes.len() - HEADER => b / EVENT,
+            _ => usize::MAX,
+        };
+        if count == usize::MAX {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} is cut short: it says {count} events", path.display()),
@@ -295,7 +309,8 @@ impl Trace {
         for i in 0..count {
             let at = (HEADER + i * EVENT) / 8;
             let (w, b) = (word(at), word(at + 1));
-            // An event whose writer was stopped between its two stores reads as kind 0.
+            // A writer stopped before its first store leaves kind 0 (skipped); one stopped
+            // between the two leaves a time or size of 0.
             if let Some(kind) = Kind::from_u8((w >> 56) as u8) {
                 events.push(Event {
                     kind,

@@ -251,7 +251,8 @@ impl Heap {
     }
 
     /// Sets the observer, told of every block handed out and every block about to be
-    /// freed (a realloc that moves is both), in the allocating thread. Once per heap; it
+    /// freed (a realloc is both, the free first, even when the block stays in place), in
+    /// the allocating thread. Once per heap; it
     /// must not allocate from this heap. Returns false if one is set already.
     pub fn set_observer(&self, f: impl Fn(HeapEvent) + Send + Sync + 'static) -> bool {
         self.observer.set(Box::new(f)).is_ok()
@@ -308,13 +309,9 @@ impl Heap {
     }
 
     #[inline]
-    fn note_free(&self, p: NonNull<u8>, usable: usize) {
-        self.counters.free(usable);
+    fn tell(&self, e: HeapEvent) {
         if let Some(o) = self.observer.get() {
-            o(HeapEvent::Free {
-                addr: p.as_ptr() as usize,
-                size: usable,
-            });
+            o(e);
         }
     }
 
@@ -336,7 +333,11 @@ impl Heap {
     /// `usable_size`.
     #[inline]
     pub unsafe fn free_sized(&self, p: NonNull<u8>, usable: usize) {
-        self.note_free(p, usable);
+        self.counters.free(usable);
+        self.tell(HeapEvent::Free {
+            addr: p.as_ptr() as usize,
+            size: usable,
+        });
         // SAFETY: the caller's contract.
         unsafe { self.imp.free(p, usable) }
     }
@@ -361,8 +362,21 @@ impl Heap {
         // SAFETY: the caller's contract.
         unsafe {
             let old = self.imp.usable_size(p);
-            let q = self.imp.realloc(p, size)?;
-            self.note_free(p, old);
+            // Told before the allocator may free it: another thread may be handed `p`
+            // (and its observer told) as soon as it is.
+            self.tell(HeapEvent::Free {
+                addr: p.as_ptr() as usize,
+                size: old,
+            });
+            let Some(q) = self.imp.realloc(p, size) else {
+                // Still live, unchanged.
+                self.tell(HeapEvent::Alloc {
+                    addr: p.as_ptr() as usize,
+                    size: old,
+                });
+                return None;
+            };
+            self.counters.free(old);
             self.note_alloc(size, q);
             Some(q)
         }

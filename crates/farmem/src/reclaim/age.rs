@@ -91,13 +91,22 @@ pub(super) fn age(
     let hint = r.evict_hint.try_read().ok().and_then(|h| h.clone());
     let keep_ok = !s.hints_off.load(Relaxed);
     let mut first_out = ChunkBits::default();
+    // Mapped pages the hint decided for: their accessed bits are in the chunk's count,
+    // but they are in none of the sets below.
+    let mut hinted_mapped = 0u64;
     for i in 0..len {
         let w = &r.states[first as usize + i];
         let st = w.load();
         if let Some(h) = &hint
             && st.is_resident()
         {
-            match h(r.page_addr(first + i as u64)) {
+            let p = h(r.page_addr(first + i as u64));
+            if st.tag() == Tag::Active
+                && (p == Priority::EvictFirst || (p == Priority::Keep && keep_ok))
+            {
+                hinted_mapped += 1;
+            }
+            match p {
                 Priority::Keep if keep_ok => {
                     Counters::bump(&s.counters.kept_by_hint, 1);
                     continue;
@@ -139,7 +148,7 @@ pub(super) fn age(
         Some(k) => {
             let touched = k
                 .referenced
-                .saturating_sub(count(&new) + count(&warm))
+                .saturating_sub(count(&new) + count(&warm) + hinted_mapped)
                 .min(n_kept);
             let owed = debt.load(Relaxed) as u64 + (n_kept - touched);
             if touched == 0 {

@@ -137,9 +137,90 @@ pub unsafe fn replace_previous(new: &libc::sigaction) -> libc::sigaction {
     }
 }
 
+thread_local! {
+    /// SIGBUS handlers running in this thread (farmem's).
+    static IN_HANDLER: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread is inside farmem's SIGBUS handler (where every signal is blocked).
+pub fn in_handler() -> bool {
+    IN_HANDLER.try_with(|c| c.get() > 0).unwrap_or(false)
+}
+
+struct InHandler;
+
+impl InHandler {
+    fn enter() -> InHandler {
+        let _ = IN_HANDLER.try_with(|c| c.set(c.get() + 1));
+        InHandler
+    }
+}
+
+impl Drop for InHandler {
+    fn drop(&mut self) {
+        let _ = IN_HANDLER.try_with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// Unblocks `sigs` in this thread with the raw system call (no libc wrapper, which a
+/// preload may interpose, and no allocation: usable in a signal handler); returns the
+/// mask it replaced, for [`set_mask_raw`].
+pub fn unblock_raw(sigs: &[libc::c_int]) -> u64 {
+    let set: u64 = sigs.iter().fold(0, |m, &s| m | 1 << (s - 1));
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask with 8-byte kernel sigsets on our locals.
+    unsafe {
+        super::raw::syscall_raw(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_UNBLOCK as u64,
+                &set as *const u64 as u64,
+                &mut old as *mut u64 as u64,
+                8,
+                0,
+                0,
+            ],
+        );
+    }
+    old
+}
+
+/// Sets this thread's signal mask to `mask` (from [`unblock_raw`]), raw.
+pub fn set_mask_raw(mask: u64) {
+    // SAFETY: rt_sigprocmask with an 8-byte kernel sigset on our local.
+    unsafe {
+        super::raw::syscall_raw(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_SETMASK as u64,
+                &mask as *const u64 as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
+        );
+    }
+}
+
+/// Gives `sig` its default action with the raw system call (usable in a signal handler).
+pub fn default_action_raw(sig: libc::c_int) {
+    // The kernel's struct sigaction on x86-64: handler, flags, restorer, mask; all zero
+    // is SIG_DFL with no flags.
+    let act = [0u64; 4];
+    // SAFETY: rt_sigaction with a valid kernel sigaction and no old-action slot.
+    unsafe {
+        super::raw::syscall_raw(
+            libc::SYS_rt_sigaction,
+            [sig as u64, act.as_ptr() as u64, 0, 8, 0, 0],
+        );
+    }
+}
+
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // farmem's own system calls run natively in a thread guarded by syscall user dispatch.
     let _open = super::sud::allow();
+    let _in = InHandler::enter();
     let saved_errno = errno();
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let trap = Trap::from_signal(unsafe { (*info).si_addr() } as usize, ctx);
